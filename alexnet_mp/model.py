@@ -1,0 +1,303 @@
+"""The two-column AlexNet of Krizhevsky, Sutskever and Hinton (NIPS 2012), §3.
+
+`ARCH` is the paper's Figure 2 as a table; every placement is built from it:
+
+* `AlexNet`: both columns on one device. Layers that read only their own
+  column (conv2, conv4, conv5) are grouped convolutions (groups=2); layers that
+  read both (conv3, fc6, fc7, fc8) are dense. Its `state_dict()` is the
+  canonical checkpoint format.
+* `ColumnNet`: each column's slice of every layer on its own device or process.
+  An exchange object (see `alexnet_mp.exchange`) moves activations between the
+  columns at conv3, fc6, fc7 and fc8 and nowhere else.
+
+Canonical format: column c owns the c-th half along dim 0 of conv1..fc7, and
+every layer that reads both columns orders its inputs column 0 first. fc8 is
+kept whole, as in the original code (spec §1).
+"""
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import ModelConfig
+from .layers import ColumnLRN, PaperDropout
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    kernel: int      # 0 for a fully connected layer
+    stride: int
+    pad: int
+    maps: int        # per column; 0 = the class count, kept whole
+    reads: str       # "image", "own" column only, or "both" columns
+    lrn: bool        # conv -> ReLU -> LRN -> pool (§3.3, §3.4)
+    pool: bool       # overlapping max-pool, window 3, stride 2 (§3.4)
+    bias: float      # §5: 1 in conv2, conv4, conv5 and the hidden fc layers, 0 elsewhere
+    dropout: bool    # §4.2: on the outputs of fc6 and fc7
+
+
+ARCH = (
+    #     name    kernel stride pad maps  reads    LRN    pool   bias dropout
+    Layer("conv1", 11,   4,    0,  48,   "image", True,  True,  0.0, False),
+    Layer("conv2", 5,    1,    2,  128,  "own",   True,  True,  1.0, False),
+    Layer("conv3", 3,    1,    1,  192,  "both",  False, False, 0.0, False),
+    Layer("conv4", 3,    1,    1,  192,  "own",   False, False, 1.0, False),
+    Layer("conv5", 3,    1,    1,  128,  "own",   False, True,  1.0, False),
+    Layer("fc6",   0,    0,    0,  2048, "both",  False, False, 1.0, True),
+    Layer("fc7",   0,    0,    0,  2048, "both",  False, False, 1.0, True),
+    Layer("fc8",   0,    0,    0,  0,    "both",  False, False, 0.0, False),
+)
+HEAD = ARCH[-1]
+COLUMN_LAYERS = ARCH[:-1]
+# A 224 crop padded to 227 (spec §1) gives 55 -> 27 -> 13 -> 6 after the pools.
+CONV1_PAD = 3
+POOL5_SIZE = 6
+
+
+def _in_per_column(i, columns):
+    """Input channels/features one column's slice of layer i reads."""
+    layer = ARCH[i]
+    if layer.reads == "image":
+        return 3
+    prev = ARCH[i - 1]
+    width = prev.maps * (columns if layer.reads == "both" else 1)
+    return width * POOL5_SIZE * POOL5_SIZE if layer.name == "fc6" else width
+
+
+def canonical_shapes(num_classes, columns=2):
+    """Name -> shape of every tensor in the canonical state dict."""
+    shapes = {}
+    for i, layer in enumerate(ARCH):
+        out = num_classes if layer is HEAD else layer.maps * columns
+        fan_in = _in_per_column(i, columns)
+        kernel = (layer.kernel, layer.kernel) if layer.kernel else ()
+        shapes[f"{layer.name}.weight"] = (out, fan_in) + kernel
+        shapes[f"{layer.name}.bias"] = (out,)
+    return shapes
+
+
+def init_canonical_state(num_classes=1000, std=0.01, seed=None, columns=2):
+    """The full network's initial tensors, on the CPU, drawn once in a fixed order (§5).
+
+    Every placement slices these, so one seed starts every placement identically.
+    `seed=None` draws from torch's global generator (`torch.manual_seed`).
+    """
+    gen = None
+    if seed is not None:
+        gen = torch.Generator().manual_seed(seed)
+    biases = {f"{layer.name}.bias": layer.bias for layer in ARCH}
+    state = {}
+    for name, shape in canonical_shapes(num_classes, columns).items():
+        if name.endswith(".weight"):
+            state[name] = torch.randn(shape, generator=gen).mul_(std)
+        else:
+            state[name] = torch.full(shape, biases[name])
+    return state
+
+
+def check_input(x, crop=224):
+    if x.dim() != 4 or tuple(x.shape[1:]) != (3, crop, crop):
+        raise ValueError(f"AlexNet takes (N, 3, {crop}, {crop}) crops, got {tuple(x.shape)}: "
+                         f"crop or resize the images to {crop}x{crop} (alexnet_mp.data does this)")
+    return x
+
+
+def pad_input(x):
+    # spec §1: the original code lets conv1's last kernel hang 3 pixels past the
+    # right/bottom edge of a 224 crop, reading zeros; zero is the mean colour.
+    return F.pad(x, (0, CONV1_PAD, 0, CONV1_PAD))
+
+
+def run_layer(layer, module, x, lrn, dropout):
+    """One layer and what follows it: ReLU, then LRN, pool and dropout where the table says."""
+    if layer.name == "fc6":
+        x = x.flatten(1)
+    x = module(x)
+    if layer is HEAD:
+        return x
+    x = F.relu(x)
+    if layer.lrn:
+        x = lrn(x)
+    if layer.pool:
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+    if layer.dropout:
+        x = dropout(x)
+    return x
+
+
+def _make_layer(i, columns, groups, num_classes, device):
+    """Layer i holding `columns` columns' worth of outputs; groups=2 for own-column convs."""
+    layer = ARCH[i]
+    out = num_classes if layer is HEAD else layer.maps * columns
+    fan_in = _in_per_column(i, 2) * groups
+    if layer.kernel:
+        return nn.Conv2d(fan_in, out, layer.kernel, layer.stride, layer.pad, groups=groups, device=device)
+    return nn.Linear(fan_in, out, device=device)
+
+
+def _materialise(module, device):
+    """Give a module built on "meta" empty parameters on `device`.
+
+    Like `Module.to_empty`, but also under FakeTensorMode, which the tests use to
+    place fake CUDA tensors on a machine without a GPU.
+    """
+    for sub in module.modules():
+        for name, p in sub.named_parameters(recurse=False):
+            setattr(sub, name, nn.Parameter(torch.empty_like(p, device=device)))
+
+
+def _config(config, num_classes):
+    config = config or ModelConfig()
+    return replace(config, num_classes=num_classes) if num_classes is not None else config
+
+
+def _lrn(config, columns):
+    return ColumnLRN(columns, config.lrn_size, config.lrn_alpha, config.lrn_beta, config.lrn_k)
+
+
+def check_canonical(state, num_classes, columns=2):
+    """One-line errors for a state dict that is not this network's canonical format."""
+    shapes = canonical_shapes(num_classes, columns)
+    missing = sorted(set(shapes) - set(state))
+    if missing:
+        raise ValueError(f"checkpoint lacks {', '.join(missing[:3])}: it is not an alexnet_mp "
+                         f"canonical state dict (save one with canonical_state_dict())")
+    found = state["fc8.weight"].shape[0]
+    if found != num_classes:
+        raise ValueError(f"checkpoint has {found} classes but the model {num_classes}: "
+                         f"build the model with num_classes={found} or train a new one")
+    for name, shape in shapes.items():
+        if tuple(state[name].shape) != shape:
+            raise ValueError(f"checkpoint tensor {name} has shape {tuple(state[name].shape)}, "
+                             f"expected {shape}: it was saved by another architecture")
+
+
+class AlexNet(nn.Module):
+    """The grouped placement: both columns on one device (§3.2 emulated with groups=2).
+
+    `AlexNet(num_classes=1000, seed=0)` is initialised per §5; `state_dict()` is
+    the canonical checkpoint format that every placement saves and loads.
+    """
+
+    def __init__(self, num_classes=1000, *, seed=None, config=None, device=None, init=True):
+        super().__init__()
+        self.config = _config(config, num_classes)
+        for i, layer in enumerate(ARCH):
+            groups = 2 if layer.reads == "own" else 1
+            setattr(self, layer.name, _make_layer(i, 2, groups, self.config.num_classes, "meta"))
+        # Built on "meta" and materialised empty: torch's default init would be overwritten anyway.
+        _materialise(self, device or "cpu")
+        self.lrn = _lrn(self.config, columns=2)
+        self.dropout = PaperDropout(self.config.dropout)
+        if init:
+            self.load_canonical_state_dict(
+                init_canonical_state(self.config.num_classes, self.config.init_std, seed))
+
+    def forward(self, x):
+        x = pad_input(check_input(x, self.config.crop))
+        for layer in ARCH:
+            x = run_layer(layer, getattr(self, layer.name), x, self.lrn, self.dropout)
+        return x
+
+    def features(self, x):
+        """fc7's output (4096-d, the last hidden layer; Figure 4 compares these)."""
+        x = pad_input(check_input(x, self.config.crop))
+        for layer in COLUMN_LAYERS:
+            x = run_layer(layer, getattr(self, layer.name), x, self.lrn, self.dropout)
+        return x
+
+    def canonical_state_dict(self):
+        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
+
+    def canonical_grads(self):
+        """Each parameter's gradient, in the canonical format (None where there is none)."""
+        return {k: None if p.grad is None else p.grad.detach().cpu()
+                for k, p in self.named_parameters()}
+
+    def load_canonical_state_dict(self, state):
+        check_canonical(state, self.config.num_classes)
+        with torch.no_grad():
+            for name, tensor in self.state_dict().items():
+                tensor.copy_(state[name])
+
+
+class Column(nn.Module):
+    """One column's slice of conv1..fc7 (its half of every layer's kernels and neurons)."""
+
+    def __init__(self, index, device):
+        super().__init__()
+        self.index = index
+        for i, layer in enumerate(COLUMN_LAYERS):
+            setattr(self, layer.name, _make_layer(i, 1, 1, 0, "meta"))
+        _materialise(self, device)
+
+
+class ColumnNet(nn.Module):
+    """Columns on their own devices or processes; `exchange` joins them.
+
+    `exchange.local_columns` lists (column index, device) held here,
+    `exchange.head_device` hosts fc8, and `share`/`to_head`/`collect` move
+    tensors between columns. Build it with `alexnet_mp.two_device_alexnet` or
+    `alexnet_mp.rank_alexnet`.
+    """
+
+    def __init__(self, exchange, num_classes=1000, *, seed=None, config=None, init=True):
+        super().__init__()
+        self.config = _config(config, num_classes)
+        self.exchange = exchange
+        self.columns = nn.ModuleList(Column(c, dev) for c, dev in exchange.local_columns)
+        self.fc8 = _make_layer(len(ARCH) - 1, 1, 1, self.config.num_classes, "meta")
+        _materialise(self.fc8, exchange.head_device)
+        self.lrn = _lrn(self.config, columns=1)
+        self.dropout = PaperDropout(self.config.dropout)
+        if init:
+            self.load_canonical_state_dict(
+                init_canonical_state(self.config.num_classes, self.config.init_std, seed))
+
+    def _columns_forward(self, x):
+        x = pad_input(check_input(x, self.config.crop))
+        hs = [x.to(col.conv1.weight.device) for col in self.columns]
+        for layer in COLUMN_LAYERS:
+            if layer.reads == "both":
+                hs = self.exchange.share(hs, layer.name)
+            hs = [run_layer(layer, getattr(col, layer.name), h, self.lrn, self.dropout)
+                  for col, h in zip(self.columns, hs)]
+        return self.exchange.to_head(hs, HEAD.name)
+
+    def forward(self, x):
+        return self.fc8(self._columns_forward(x))
+
+    def features(self, x):
+        return self._columns_forward(x)
+
+    def _canonical(self, get):
+        state = {}
+        for layer in COLUMN_LAYERS:
+            for kind in ("weight", "bias"):
+                slices = [get(getattr(getattr(col, layer.name), kind)) for col in self.columns]
+                state[f"{layer.name}.{kind}"] = self.exchange.collect(slices)
+        state["fc8.weight"] = get(self.fc8.weight).cpu()
+        state["fc8.bias"] = get(self.fc8.bias).cpu()
+        return state
+
+    def canonical_state_dict(self):
+        """The full network's weights in the canonical format (gathered from all columns)."""
+        return self._canonical(lambda p: p.detach())
+
+    def canonical_grads(self):
+        """Every parameter's gradient, gathered into the canonical format."""
+        return self._canonical(lambda p: torch.zeros_like(p) if p.grad is None else p.grad.detach())
+
+    def load_canonical_state_dict(self, state):
+        check_canonical(state, self.config.num_classes)
+        with torch.no_grad():
+            for col in self.columns:
+                for layer in COLUMN_LAYERS:
+                    rows = slice(col.index * layer.maps, (col.index + 1) * layer.maps)
+                    module = getattr(col, layer.name)
+                    module.weight.copy_(state[f"{layer.name}.weight"][rows])
+                    module.bias.copy_(state[f"{layer.name}.bias"][rows])
+            self.fc8.weight.copy_(state["fc8.weight"])
+            self.fc8.bias.copy_(state["fc8.bias"])

@@ -1,0 +1,38 @@
+"""Run a function in N gloo processes on 127.0.0.1, one per rank, and collect results."""
+import os
+import socket
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, out_dir, fn, args):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        result = fn(rank, world, *args)
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(world, fn, *args):
+    """fn(rank, world, *args) in `world` processes; returns the list of their results."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(_worker, args=(world, free_port(), out_dir, fn, args), nprocs=world, join=True)
+        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+
+
+def assert_close_rel(got, ref, rtol=1e-5, name=""):
+    """max |got - ref| <= rtol * max |ref|: relative to the tensor's scale, as float32 sums allow."""
+    err = (got.double() - ref.double()).abs().max().item()
+    scale = ref.double().abs().max().item()
+    assert err <= rtol * max(scale, 1e-12), f"{name}: max error {err:.3g} vs scale {scale:.3g}"
