@@ -1,0 +1,224 @@
+"""Reading a prepared store, and the paper's crops for training and testing (§4.1).
+
+A store (made by `alexnet_mp.prepare`) holds, per split, every image at
+256x256x3 uint8 in one flat file, read through a memory map: a sample is one
+contiguous 196,608-byte read with nothing to decode. See the README for the
+measurement behind that choice. Layout:
+
+    STORE/classes.json            {"classes": [folder names], "names": {folder: human name}}
+    STORE/<split>/images.u8       N x 256 x 256 x 3, uint8, RGB
+    STORE/<split>/index.json      {"files": [...], "labels": [...]}
+    STORE/<split>/status.u8       per image: 0 to do, 1 converted, 2 could not be decoded
+    STORE/<split>/report.txt      the images that could not be decoded, with the reason
+    STORE/train/stats.npz         mean image (float64) and the RGB PCA (0..1 units)
+
+Inputs are raw 0..255 RGB minus the training set's per-pixel mean image; no
+division by a standard deviation (spec §2).
+"""
+import json
+import os
+
+import numpy as np
+import torch
+
+SIZE = 256                 # §2: images stored at 256x256
+CROP = 224                 # §4.1: 224x224 patches
+SPAN = SIZE - CROP + 1     # 33 offsets per axis
+# spec §4: four corners and the centre as (top, left), then the same five flipped.
+TEN_CROP_OFFSETS = ((0, 0), (0, 32), (32, 0), (32, 32), (16, 16))
+CENTER = 4                 # index of the centre crop among the ten
+
+
+class StoreError(Exception):
+    """A problem with a prepared store, worded as one line with its fix."""
+
+
+def read_classes(store):
+    path = os.path.join(store, "classes.json")
+    if not os.path.isfile(path):
+        if os.path.isdir(store) and any(os.path.isdir(os.path.join(store, d)) for d in os.listdir(store)):
+            raise StoreError(f"{store} is not a prepared store (no classes.json): prepare it with "
+                             f"`python tools/prepare_data.py {store} PREPARED_DIR`")
+        raise StoreError(f"no prepared store at {store}: make one with "
+                         f"`python tools/prepare_data.py IMAGE_DIR {store}`")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_stats(store):
+    """(mean image HxWx3 float64, eigenvalues (3,), eigenvectors (3, 3) as columns)."""
+    path = os.path.join(store, "train", "stats.npz")
+    if not os.path.isfile(path):
+        raise StoreError(f"missing statistics {path}: re-run `python tools/prepare_data.py SRC {store}` "
+                         f"with the training images to compute them")
+    with np.load(path) as stats:
+        return stats["mean"], stats["eigval"], stats["eigvec"]
+
+
+class Store:
+    """One split of a prepared store: `store[i]` is (256x256x3 uint8 array, label)."""
+
+    def __init__(self, root, split):
+        self.root, self.split = root, split
+        self.classes = read_classes(root)["classes"]
+        folder = os.path.join(root, split)
+        index_path = os.path.join(folder, "index.json")
+        if not os.path.isfile(index_path):
+            raise StoreError(f"split '{split}' is missing from the store {root} (no {index_path}): "
+                             f"prepare a source tree that has a {split}/ folder")
+        with open(index_path) as f:
+            index = json.load(f)
+        status = np.fromfile(os.path.join(folder, "status.u8"), dtype=np.uint8)
+        if (status == 0).any():
+            raise StoreError(f"the store {root} is incomplete ({int((status == 0).sum())} images of "
+                             f"'{split}' not converted): re-run tools/prepare_data.py to finish it")
+        self.slots = np.flatnonzero(status == 1)
+        self.files = [index["files"][s] for s in self.slots]
+        self.labels = np.asarray(index["labels"], dtype=np.int64)[self.slots]
+        self._path, self._total = os.path.join(folder, "images.u8"), len(status)
+        self._images = None
+
+    def __len__(self):
+        return len(self.slots)
+
+    @property
+    def images(self):
+        # Opened lazily so that each DataLoader worker maps the file itself.
+        if self._images is None:
+            self._images = np.memmap(self._path, dtype=np.uint8, mode="r", shape=(self._total, SIZE, SIZE, 3))
+        return self._images
+
+    def __getitem__(self, i):
+        return self.images[self.slots[i]], int(self.labels[i])
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_images"] = None
+        return state
+
+
+def _chw(a):
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+
+
+def crop(image, mean, top, left, flip):
+    """A 224 patch of (image - mean) at (top, left), flipped left-right if asked, float32 CHW."""
+    patch = image[top:top + CROP, left:left + CROP].astype(np.float32)
+    patch -= mean[top:top + CROP, left:left + CROP]
+    if flip:
+        patch = patch[:, ::-1]
+    return patch
+
+
+class TrainTransform:
+    """§4.1: random 224 crop, flip with p=0.5, mean image subtracted at the same
+    crop and flip, and the PCA colour shift 255 * P (alpha * lambda), alpha ~ N(0, 0.1^2)
+    drawn once per image per presentation (spec §2 for the units).
+
+    Deterministic in (seed, epoch, sample index), so a resumed run sees the same
+    crops, and independent across samples, workers and replicas.
+    """
+
+    def __init__(self, mean, eigval, eigvec, seed=0, pca_std=0.1):
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.eigval, self.eigvec = np.asarray(eigval, np.float64), np.asarray(eigvec, np.float64)
+        self.seed, self.pca_std, self.epoch = seed, pca_std, 0
+
+    def draw(self, index):
+        """(top, left, flip, alpha) for one presentation of sample `index`."""
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        top, left = rng.integers(0, SPAN, size=2)
+        flip = bool(rng.random() < 0.5)
+        alpha = rng.normal(0.0, self.pca_std, size=3)
+        return int(top), int(left), flip, alpha
+
+    def shift(self, alpha):
+        return (255.0 * self.eigvec @ (alpha * self.eigval)).astype(np.float32)
+
+    def __call__(self, image, index):
+        top, left, flip, alpha = self.draw(index)
+        patch = crop(image, self.mean, top, left, flip)
+        patch += self.shift(alpha)
+        return _chw(patch)
+
+
+class EvalTransform:
+    """§4: the centre crop (crops=1) or the ten crops (crops=10) of (image - mean)."""
+
+    def __init__(self, mean, crops=1):
+        if crops not in (1, 10):
+            raise ValueError(f"crops={crops}: choose 1 (centre) or 10 (corners, centre and flips)")
+        self.mean, self.crops = np.asarray(mean, dtype=np.float32), crops
+
+    def __call__(self, image, index=None):
+        if self.crops == 1:
+            return _chw(crop(image, self.mean, *TEN_CROP_OFFSETS[CENTER], False))
+        patches = [crop(image, self.mean, t, l, flip) for flip in (False, True) for t, l in TEN_CROP_OFFSETS]
+        return torch.from_numpy(np.ascontiguousarray(np.stack(patches).transpose(0, 3, 1, 2)))
+
+
+class StoreDataset(torch.utils.data.Dataset):
+    def __init__(self, store, transform):
+        self.store, self.transform = store, transform
+
+    def __len__(self):
+        return len(self.store)
+
+    def __getitem__(self, i):
+        image, label = self.store[i]
+        return self.transform(image, i), label
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """This replica's share of an epoch, resumable part-way through.
+
+    Training (shuffle=True): a permutation drawn from (seed, epoch), trimmed so
+    every replica gets the same count (gradient averaging needs equal steps).
+    Evaluation (shuffle=False): contiguous, uneven shards; every image exactly once.
+    `start` skips the samples an interrupted run already consumed.
+    """
+
+    def __init__(self, size, replicas=1, replica=0, shuffle=True, seed=0):
+        self.size, self.replicas, self.replica = size, replicas, replica
+        self.shuffle, self.seed, self.epoch, self.start = shuffle, seed, 0, 0
+
+    def indices(self):
+        if not self.shuffle:
+            lo, hi = self.replica * self.size // self.replicas, (self.replica + 1) * self.size // self.replicas
+            return list(range(lo, hi))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        per = self.size // self.replicas
+        return order[self.replica * per:(self.replica + 1) * per]
+
+    def __iter__(self):
+        return iter(self.indices()[self.start:])
+
+    def __len__(self):
+        return len(self.indices()) - self.start
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "start": self.start, "seed": self.seed}
+
+    def load_state_dict(self, state):
+        self.epoch, self.start, self.seed = state["epoch"], state["start"], state["seed"]
+
+
+def train_loader(store_root, batch_size, workers, seed=0, replicas=1, replica=0, pca_std=0.1):
+    store = Store(store_root, "train")
+    mean, eigval, eigvec = load_stats(store_root)
+    transform = TrainTransform(mean, eigval, eigvec, seed, pca_std)
+    sampler = EpochSampler(len(store), replicas, replica, shuffle=True, seed=seed)
+    loader = torch.utils.data.DataLoader(StoreDataset(store, transform), batch_size=batch_size,
+                                         sampler=sampler, num_workers=workers, drop_last=True,
+                                         pin_memory=torch.cuda.is_available())
+    return loader, sampler, transform
+
+
+def eval_loader(store_root, split, batch_size, workers, crops=1, replicas=1, replica=0):
+    store = Store(store_root, split)
+    mean, _, _ = load_stats(store_root)
+    sampler = EpochSampler(len(store), replicas, replica, shuffle=False)
+    loader = torch.utils.data.DataLoader(StoreDataset(store, EvalTransform(mean, crops)),
+                                         batch_size=batch_size, sampler=sampler, num_workers=workers)
+    return loader, sampler

@@ -1,0 +1,232 @@
+"""Convert an image tree into a prepared store (layout in `alexnet_mp.data`).
+
+§2: each image is rescaled so its shorter side is 256 (antialiased), then its
+central 256x256 patch is kept. Nothing else is done to the stored pixels.
+
+Sources: a tree with train/ and val/ folders (the ImageNet layout), or any
+ImageFolder tree (class folders directly under SRC, taken as the train split).
+A flat val/ folder is read with a CSV of `filename,class`. Class index = the
+sorted folder names, as torchvision's ImageFolder numbers them.
+"""
+import csv
+import json
+import multiprocessing
+import os
+import time
+
+import numpy as np
+from PIL import Image
+
+from .data import SIZE, StoreError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+TODO, DONE, FAILED = 0, 1, 2
+CHUNK = 64
+
+
+def to_256(path):
+    """§2: shorter side to 256 with an antialiasing filter, then the central 256x256, RGB uint8."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")      # CMYK, greyscale, palette, PNG-behind-a-.JPEG alike
+    w, h = img.size
+    # Sizes and offsets round as torchvision's Resize(256) + CenterCrop(256) do.
+    size = (SIZE, int(SIZE * h / w)) if w <= h else (int(SIZE * w / h), SIZE)
+    img = img.resize(size, Image.Resampling.BILINEAR)   # PIL widens the filter when shrinking
+    left, top = int(round((size[0] - SIZE) / 2.0)), int(round((size[1] - SIZE) / 2.0))
+    return np.asarray(img.crop((left, top, left + SIZE, top + SIZE)), dtype=np.uint8)
+
+
+def _is_image(name):
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def scan_folders(root):
+    """(classes, files relative to root, labels, skipped non-image files) of an ImageFolder tree."""
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise StoreError(f"{root} has no class folders: expected {root}/<class>/<image> "
+                         f"(or a flat folder with --labels CSV)")
+    files, labels, skipped = [], [], []
+    for label, name in enumerate(classes):
+        found = 0
+        for dirpath, _, names in sorted(os.walk(os.path.join(root, name))):
+            for f in sorted(names):
+                rel = os.path.relpath(os.path.join(dirpath, f), root)
+                if _is_image(f):
+                    files.append(rel)
+                    labels.append(label)
+                    found += 1
+                else:
+                    skipped.append(rel)
+        if not found:
+            raise StoreError(f"class folder {os.path.join(root, name)} has no images: "
+                             f"add images or remove the folder")
+    return classes, files, labels, skipped
+
+
+def scan_flat(root, labels_csv, classes):
+    """Files of a flat folder labelled by a CSV of `filename,class`."""
+    index = {c: i for i, c in enumerate(classes)}
+    files, labels = [], []
+    with open(labels_csv, newline="") as f:
+        for row in csv.reader(f):
+            if not row or row[0].strip().lower() in ("filename", "file", "image"):
+                continue
+            name, cls = row[0].strip(), row[1].strip()
+            if cls not in index:
+                raise StoreError(f"{labels_csv}: class '{cls}' of {name} is not a training class folder: "
+                                 f"check the CSV matches the train/ tree")
+            files.append(name)
+            labels.append(index[cls])
+    return files, labels
+
+
+def _convert(task):
+    folder, root, total, items = task
+    images = np.memmap(os.path.join(folder, "images.u8"), dtype=np.uint8, mode="r+", shape=(total, SIZE, SIZE, 3))
+    out = []
+    for slot, rel in items:
+        try:
+            images[slot] = to_256(os.path.join(root, rel))
+            out.append((slot, DONE, ""))
+        except Exception as e:         # any undecodable file is reported, not fatal
+            out.append((slot, FAILED, f"{type(e).__name__}: {e}"))
+    images.flush()
+    return out
+
+
+def _atomic_write(path, write):
+    tmp = path + ".tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path, data):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+    _atomic_write(path, write)
+
+
+def convert_split(src, files, labels, folder, workers, log=print):
+    """Convert one split; resumes from status.u8 and skips what is already done."""
+    os.makedirs(folder, exist_ok=True)
+    index_path, status_path = os.path.join(folder, "index.json"), os.path.join(folder, "status.u8")
+    index = {"files": files, "labels": labels}
+    fresh = True
+    if os.path.isfile(index_path) and os.path.isfile(status_path):
+        with open(index_path) as f:
+            fresh = json.load(f) != index
+        if fresh:
+            log(f"{folder}: the source changed since the last run; converting it again")
+    total = len(files)
+    if fresh:
+        with open(os.path.join(folder, "images.u8"), "wb") as f:
+            f.truncate(total * SIZE * SIZE * 3)
+        np.zeros(total, np.uint8).tofile(status_path)
+        write_json(index_path, index)
+    status = np.fromfile(status_path, dtype=np.uint8)
+    todo = [(int(s), files[s]) for s in np.flatnonzero(status == TODO)]
+    if todo:
+        tasks = [(folder, src, total, todo[i:i + CHUNK]) for i in range(0, len(todo), CHUNK)]
+        start, done, failures = time.time(), 0, {}
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for results in pool.imap_unordered(_convert, tasks):
+                for slot, state, reason in results:
+                    status[slot] = state
+                    if state == FAILED:
+                        failures[slot] = reason
+                _atomic_write(status_path, status.tofile)
+                done += len(results)
+                rate = done / max(time.time() - start, 1e-9)
+                log(f"  {folder}: {done}/{len(todo)} images, {rate:.0f} img/s, "
+                    f"ETA {(len(todo) - done) / max(rate, 1e-9):.0f}s")
+        _write_report(folder, files, failures, fresh)
+    return status, bool(todo)
+
+
+def _write_report(folder, files, failures, fresh):
+    path = os.path.join(folder, "report.txt")
+    old = {}
+    if os.path.isfile(path) and not fresh:
+        with open(path) as f:
+            old = dict(line.rstrip("\n").split("\t", 1) for line in f if "\t" in line)
+    old.update({files[s]: reason for s, reason in failures.items()})
+    _atomic_write(path, lambda tmp: open(tmp, "w").writelines(f"{k}\t{v}\n" for k, v in sorted(old.items())))
+
+
+def compute_stats(folder, chunk=32):
+    """Mean image (float64) and the RGB covariance's eigen-decomposition in 0..1 units,
+    streamed over the converted images with memory bounded by `chunk`."""
+    status = np.fromfile(os.path.join(folder, "status.u8"), dtype=np.uint8)
+    images = np.memmap(os.path.join(folder, "images.u8"), dtype=np.uint8, mode="r",
+                       shape=(len(status), SIZE, SIZE, 3))
+    slots = np.flatnonzero(status == DONE)
+    if not len(slots):
+        raise StoreError(f"{folder} has no converted images: statistics need at least one training image")
+    total = np.zeros((SIZE, SIZE, 3), np.float64)
+    s1, s2 = np.zeros(3), np.zeros((3, 3))
+    for i in range(0, len(slots), chunk):
+        block = images[slots[i:i + chunk]].astype(np.float64)
+        total += block.sum(axis=0)
+        rgb = block.reshape(-1, 3) / 255.0
+        s1 += rgb.sum(axis=0)
+        s2 += rgb.T @ rgb
+    n_pixels = len(slots) * SIZE * SIZE
+    mu = s1 / n_pixels
+    cov = s2 / n_pixels - np.outer(mu, mu)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]      # p1 has the largest eigenvalue
+    return {"mean": total / len(slots), "eigval": eigval[order], "eigvec": eigvec[:, order],
+            "cov": cov, "count": np.int64(len(slots))}
+
+
+def prepare(src, out, workers=1, labels_csv=None, names_file=None, log=print):
+    """Convert SRC into the store OUT; returns {split: (converted, failed)}."""
+    if not os.path.isdir(src):
+        raise StoreError(f"source folder {src} does not exist: pass the folder holding train/ (and val/)")
+    has_splits = os.path.isdir(os.path.join(src, "train"))
+    train_root = os.path.join(src, "train") if has_splits else src
+    classes, files, labels, skipped = scan_folders(train_root)
+    splits = {"train": (train_root, files, labels)}
+    val_root = os.path.join(src, "val")
+    if has_splits and os.path.isdir(val_root):
+        if labels_csv:
+            vfiles, vlabels = scan_flat(val_root, labels_csv, classes)
+        else:
+            vclasses, vfiles, vlabels, vskipped = scan_folders(val_root)
+            skipped += [os.path.join("val", s) for s in vskipped]
+            unknown = sorted(set(vclasses) - set(classes))
+            if unknown:
+                raise StoreError(f"{val_root} has class folders not in train/: {', '.join(unknown[:3])}: "
+                                 f"remove them or add them to train/")
+            remap = [classes.index(c) for c in vclasses]
+            vlabels = [remap[v] for v in vlabels]
+        splits["val"] = (val_root, vfiles, vlabels)
+    if skipped:
+        log(f"skipped {len(skipped)} non-image files (not {'/'.join(IMAGE_EXTENSIONS[:3])}...), "
+            f"e.g. {skipped[0]}")
+    os.makedirs(out, exist_ok=True)
+    names = {}
+    if names_file:
+        with open(names_file) as f:
+            for line in f:
+                parts = line.strip().split(None, 1) if "\t" not in line else line.strip().split("\t", 1)
+                if len(parts) == 2:
+                    names[parts[0].rstrip(",")] = parts[1]
+    write_json(os.path.join(out, "classes.json"), {"classes": classes, "names": names})
+    counts = {}
+    for split, (root, sfiles, slabels) in splits.items():
+        folder = os.path.join(out, split)
+        status, worked = convert_split(root, sfiles, slabels, folder, workers, log)
+        counts[split] = (int((status == DONE).sum()), int((status == FAILED).sum()))
+        stats_path = os.path.join(folder, "stats.npz")
+        if split == "train" and (worked or not os.path.isfile(stats_path)):
+            log("computing the mean image and RGB PCA over the training images ...")
+            stats = compute_stats(folder)
+            _atomic_write(stats_path, lambda tmp: np.savez(open(tmp, "wb"), **stats))
+    for split, (ok, bad) in counts.items():
+        report = f" (listed in {os.path.join(out, split, 'report.txt')})" if bad else ""
+        log(f"{split}: {ok} images converted, {bad} could not be decoded{report}")
+    return counts
+
