@@ -21,6 +21,8 @@ import os
 import numpy as np
 import torch
 
+from .errors import UsageError
+
 SIZE = 256                 # §2: images stored at 256x256
 CROP = 224                 # §4.1: 224x224 patches
 SPAN = SIZE - CROP + 1     # 33 offsets per axis
@@ -29,7 +31,7 @@ TEN_CROP_OFFSETS = ((0, 0), (0, 32), (32, 0), (32, 32), (16, 16))
 CENTER = 4                 # index of the centre crop among the ten
 
 
-class StoreError(Exception):
+class StoreError(UsageError):
     """A problem with a prepared store, worded as one line with its fix."""
 
 
@@ -172,15 +174,20 @@ class StoreDataset(torch.utils.data.Dataset):
 class EpochSampler(torch.utils.data.Sampler):
     """This replica's share of an epoch, resumable part-way through.
 
-    Training (shuffle=True): a permutation drawn from (seed, epoch), trimmed so
-    every replica gets the same count (gradient averaging needs equal steps).
+    Training (shuffle=True): a permutation drawn from (seed, epoch), cut into
+    global batches of `replicas * batch_size`; replica r takes the r-th slice of
+    each. So R replicas at batch b see, step for step, exactly the images one
+    process sees at batch R*b, and every replica runs the same number of steps
+    (gradient averaging needs that). The tail that fills no global batch is
+    left out of the epoch.
     Evaluation (shuffle=False): contiguous, uneven shards; every image exactly once.
     `start` skips the samples an interrupted run already consumed.
     """
 
-    def __init__(self, size, replicas=1, replica=0, shuffle=True, seed=0):
+    def __init__(self, size, replicas=1, replica=0, shuffle=True, seed=0, batch_size=1):
         self.size, self.replicas, self.replica = size, replicas, replica
-        self.shuffle, self.seed, self.epoch, self.start = shuffle, seed, 0, 0
+        self.shuffle, self.seed, self.batch_size = shuffle, seed, batch_size
+        self.epoch, self.start = 0, 0
 
     def indices(self):
         if not self.shuffle:
@@ -188,8 +195,9 @@ class EpochSampler(torch.utils.data.Sampler):
             return list(range(lo, hi))
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=g).tolist()
-        per = self.size // self.replicas
-        return order[self.replica * per:(self.replica + 1) * per]
+        b, per_step = self.batch_size, self.batch_size * self.replicas
+        return [i for s in range(0, self.size - per_step + 1, per_step)
+                for i in order[s + self.replica * b:s + (self.replica + 1) * b]]
 
     def __iter__(self):
         return iter(self.indices()[self.start:])
@@ -208,10 +216,13 @@ def train_loader(store_root, batch_size, workers, seed=0, replicas=1, replica=0,
     store = Store(store_root, "train")
     mean, eigval, eigvec = load_stats(store_root)
     transform = TrainTransform(mean, eigval, eigvec, seed, pca_std)
-    sampler = EpochSampler(len(store), replicas, replica, shuffle=True, seed=seed)
+    sampler = EpochSampler(len(store), replicas, replica, shuffle=True, seed=seed, batch_size=batch_size)
+    # Its own generator, so that starting an epoch never draws from torch's global
+    # RNG (dropout's stream): a resumed run then reproduces an uninterrupted one.
     loader = torch.utils.data.DataLoader(StoreDataset(store, transform), batch_size=batch_size,
                                          sampler=sampler, num_workers=workers, drop_last=True,
-                                         pin_memory=torch.cuda.is_available())
+                                         pin_memory=torch.cuda.is_available(),
+                                         generator=torch.Generator().manual_seed(seed))
     return loader, sampler, transform
 
 
@@ -220,5 +231,6 @@ def eval_loader(store_root, split, batch_size, workers, crops=1, replicas=1, rep
     mean, _, _ = load_stats(store_root)
     sampler = EpochSampler(len(store), replicas, replica, shuffle=False)
     loader = torch.utils.data.DataLoader(StoreDataset(store, EvalTransform(mean, crops)),
-                                         batch_size=batch_size, sampler=sampler, num_workers=workers)
+                                         batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                         generator=torch.Generator())
     return loader, sampler

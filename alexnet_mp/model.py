@@ -208,19 +208,25 @@ class AlexNet(nn.Module):
             x = run_layer(layer, getattr(self, layer.name), x, self.lrn, self.dropout)
         return x
 
+    def map_canonical(self, get):
+        """{canonical name: get(parameter)} on the CPU; `get` may read the grad or optimizer state."""
+        return {name: get(p).detach().cpu() for name, p in self.named_parameters()}
+
+    def scatter_canonical(self, state, target):
+        """Copy each canonical tensor into target(parameter) (the parameter itself, or its state)."""
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                target(p).copy_(state[name])
+
     def canonical_state_dict(self):
-        return {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        return self.map_canonical(lambda p: p)
 
     def canonical_grads(self):
-        """Each parameter's gradient, in the canonical format (None where there is none)."""
-        return {k: None if p.grad is None else p.grad.detach().cpu()
-                for k, p in self.named_parameters()}
+        return self.map_canonical(lambda p: torch.zeros_like(p) if p.grad is None else p.grad)
 
     def load_canonical_state_dict(self, state):
         check_canonical(state, self.config.num_classes)
-        with torch.no_grad():
-            for name, tensor in self.state_dict().items():
-                tensor.copy_(state[name])
+        self.scatter_canonical(state, lambda p: p)
 
 
 class Column(nn.Module):
@@ -272,32 +278,38 @@ class ColumnNet(nn.Module):
     def features(self, x):
         return self._columns_forward(x)
 
-    def _canonical(self, get):
-        state = {}
-        for layer in COLUMN_LAYERS:
-            for kind in ("weight", "bias"):
-                slices = [get(getattr(getattr(col, layer.name), kind)) for col in self.columns]
-                state[f"{layer.name}.{kind}"] = self.exchange.collect(slices)
-        state["fc8.weight"] = get(self.fc8.weight).cpu()
-        state["fc8.bias"] = get(self.fc8.bias).cpu()
-        return state
+    def _slices(self):
+        """(canonical name, parameter, rows of the canonical tensor it holds) for every local parameter."""
+        for col in self.columns:
+            for layer in COLUMN_LAYERS:
+                rows = slice(col.index * layer.maps, (col.index + 1) * layer.maps)
+                for kind in ("weight", "bias"):
+                    yield f"{layer.name}.{kind}", getattr(getattr(col, layer.name), kind), rows
+        for kind in ("weight", "bias"):
+            yield f"fc8.{kind}", getattr(self.fc8, kind), slice(None)
+
+    def map_canonical(self, get):
+        """{canonical name: get(parameter)}, the columns' slices gathered, on the CPU."""
+        parts = {}
+        for name, p, _ in self._slices():
+            parts.setdefault(name, []).append(get(p).detach())
+        return {name: self.exchange.collect(ts) if not name.startswith("fc8") else ts[0].cpu()
+                for name, ts in parts.items()}
+
+    def scatter_canonical(self, state, target):
+        """Copy each local slice of the canonical tensors into target(parameter)."""
+        with torch.no_grad():
+            for name, p, rows in self._slices():
+                target(p).copy_(state[name][rows])
 
     def canonical_state_dict(self):
         """The full network's weights in the canonical format (gathered from all columns)."""
-        return self._canonical(lambda p: p.detach())
+        return self.map_canonical(lambda p: p)
 
     def canonical_grads(self):
         """Every parameter's gradient, gathered into the canonical format."""
-        return self._canonical(lambda p: torch.zeros_like(p) if p.grad is None else p.grad.detach())
+        return self.map_canonical(lambda p: torch.zeros_like(p) if p.grad is None else p.grad)
 
     def load_canonical_state_dict(self, state):
         check_canonical(state, self.config.num_classes)
-        with torch.no_grad():
-            for col in self.columns:
-                for layer in COLUMN_LAYERS:
-                    rows = slice(col.index * layer.maps, (col.index + 1) * layer.maps)
-                    module = getattr(col, layer.name)
-                    module.weight.copy_(state[f"{layer.name}.weight"][rows])
-                    module.bias.copy_(state[f"{layer.name}.bias"][rows])
-            self.fc8.weight.copy_(state["fc8.weight"])
-            self.fc8.bias.copy_(state["fc8.bias"])
+        self.scatter_canonical(state, lambda p: p)

@@ -1,0 +1,26 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from alexnet_mp import demo_data
+from alexnet_mp.prepare import prepare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    """10 demo classes, 4 training and 2 validation images each, prepared."""
+    base = tmp_path_factory.mktemp("tiny")
+    src = demo_data.generate(str(base / "src"), train_per_class=4, val_per_class=2)
+    prepare(src, str(base / "store"), workers=1, log=lambda *a: None)
+    return str(base / "store")
+
+
+def run_script(args, env=None, timeout=600):
+    """Run a Python command line from the repository root; returns CompletedProcess."""
+    full_env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="2", **(env or {}))
+    return subprocess.run([sys.executable] + args, cwd=ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
