@@ -80,7 +80,7 @@ def demo_store(cache_dir, run):
     """The built-in demo set, generated and prepared once into `cache_dir`."""
     from .demo_data import generate
     from .prepare import prepare
-    store = os.path.join(cache_dir, "demo-store")
+    store = demo_store_path(cache_dir)
     if run.main and not os.path.isfile(os.path.join(store, "train", "stats.npz")):
         run.log(f"no --data-path: generating the demo dataset into {cache_dir} (once)")
         src = generate(os.path.join(cache_dir, "demo-src"))
@@ -88,6 +88,10 @@ def demo_store(cache_dir, run):
     if run.distributed:
         dist.barrier()
     return store
+
+
+def demo_store_path(cache_dir):
+    return os.path.join(cache_dir, "demo-store")
 
 
 def default_cache_dir():
@@ -138,6 +142,7 @@ def _train(args, run):
             ckpt_io.set_rng_state(rngs[run.rank])
         run.log(f"resumed from {path}: epoch {start_epoch}, step {step}")
     set_lr(optimizer, schedule.lr)
+    data_mean = torch.from_numpy(transform.mean.copy())    # predict.py needs it with the weights
     write_metric = _metrics_writer(os.path.join(args.output_dir, "metrics.jsonl"), run)
 
     def save(epoch, to=ckpt_path):
@@ -150,7 +155,8 @@ def _train(args, run):
         state = {"model": model.canonical_state_dict(), "optimizer": {"velocity": velocity},
                  "lr_scheduler": schedule.state_dict(), "epoch": epoch, "step": step, "rng": rngs,
                  "sampler": sampler.state_dict(), "args": {k: v for k, v in vars(args).items()},
-                 "config": to_dict(cfg), "classes": classes, "best_val_top1_err": best}
+                 "config": to_dict(cfg), "classes": classes, "best_val_top1_err": best,
+                 "data_mean": data_mean}
         if run.main:
             ckpt_io.atomic_save(state, to)
 

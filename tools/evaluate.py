@@ -16,12 +16,11 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alexnet_mp import checkpoint as ckpt_io  # noqa: E402
-from alexnet_mp.config import ModelConfig, TrainConfig, from_dict  # noqa: E402
-from alexnet_mp.data import eval_loader, read_classes  # noqa: E402
+from alexnet_mp.data import eval_loader  # noqa: E402
 from alexnet_mp.errors import UsageError  # noqa: E402
 from alexnet_mp.evaluate import gather, predict, summary  # noqa: E402
-from alexnet_mp.placement import build, input_device  # noqa: E402
+from alexnet_mp.inference import load_for_inference  # noqa: E402
+from alexnet_mp.placement import input_device  # noqa: E402
 from alexnet_mp.runtime import Run  # noqa: E402
 
 # spec §5: (label, top-1 error %, top-5 error %)
@@ -64,15 +63,7 @@ def table(res):
 
 
 def evaluate(args, run):
-    state = ckpt_io.load(args.checkpoint)
-    weights = ckpt_io.model_state(state)
-    classes = read_classes(args.data_path)["classes"]
-    ckpt_io.check_classes(weights, len(classes), args.checkpoint, args.data_path)
-    model_cfg = ModelConfig()
-    if isinstance(state.get("config"), dict):
-        model_cfg = from_dict(TrainConfig, state["config"]).model   # its dropout sets the test-time scale
-    model = build(run.placement, run.devices, len(classes), seed=0, config=model_cfg)
-    model.load_canonical_state_dict(weights)
+    model, classes, _, _ = load_for_inference(args.checkpoint, args.data_path, run.placement, run.devices)
     loader, _ = eval_loader(args.data_path, args.split, args.batch_size, args.workers, args.crops,
                             run.replicas, run.replica)
     result = gather(predict(model, loader, input_device(model), args.crops, log=run.log,

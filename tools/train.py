@@ -16,7 +16,7 @@ if __package__ in (None, ""):
 
 from alexnet_mp.config import ModelConfig, TrainConfig  # noqa: E402
 from alexnet_mp.errors import UsageError  # noqa: E402
-from alexnet_mp.train import default_cache_dir, train  # noqa: E402
+from alexnet_mp.train import default_cache_dir, demo_store_path, train  # noqa: E402
 
 PAPER, PAPER_MODEL = TrainConfig(), ModelConfig()
 
@@ -55,6 +55,12 @@ def parser():
     p.add_argument("--seed", type=int, default=PAPER.seed)
     p.add_argument("--cache-dir", default=default_cache_dir(), help="where the demo set is generated")
     return p
+
+
+def train_store_path(argv):
+    """The store a command line trains on (the demo store when it names none)."""
+    args = parser().parse_args(argv)
+    return args.data_path or demo_store_path(args.cache_dir)
 
 
 def main(argv=None):

@@ -1,0 +1,41 @@
+"""Load a checkpoint for inference, with what a prediction needs: classes and the mean image."""
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt_io
+from .config import ModelConfig, TrainConfig, from_dict
+from .data import load_stats, read_classes
+from .placement import build
+
+
+def load_for_inference(path, data_path=None, placement="grouped", devices=None, need_mean=False):
+    """(model in eval mode, class folder names, human names, mean image or None).
+
+    Classes and the mean image come from the training checkpoint when it carries
+    them, else from the prepared store at `data_path` (which then must match).
+    """
+    state = ckpt_io.load(path)
+    weights = ckpt_io.model_state(state)
+    n = ckpt_io.num_classes(weights, path)
+    meta = state.get("classes") if isinstance(state.get("classes"), dict) else None
+    mean = state.get("data_mean")
+    if data_path is not None:
+        meta = read_classes(data_path)
+        ckpt_io.check_classes(weights, len(meta["classes"]), path, data_path)
+        if need_mean:
+            mean = load_stats(data_path)[0]
+    if meta is None:
+        meta = {"classes": [str(i) for i in range(n)], "names": {}}
+    if need_mean and mean is None:
+        raise ckpt_io.CheckpointError(f"{path} carries no mean image: pass --data-path with the prepared "
+                                      f"store it was trained on")
+    cfg = ModelConfig()
+    if isinstance(state.get("config"), dict):
+        cfg = from_dict(TrainConfig, state["config"]).model      # its dropout sets the test-time scale
+    if devices is None:
+        devices = ["cuda:0" if torch.cuda.is_available() else "cpu"]
+    model = build(placement, devices, n, seed=0, config=cfg)
+    model.load_canonical_state_dict(weights)
+    if isinstance(mean, torch.Tensor):
+        mean = mean.numpy()
+    return model.eval(), meta["classes"], meta.get("names", {}), (None if mean is None else np.asarray(mean))
