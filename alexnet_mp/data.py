@@ -99,17 +99,24 @@ class Store:
         return state
 
 
-def _chw(a):
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+def _chw_mean(mean):
+    return np.ascontiguousarray(np.asarray(mean, dtype=np.float32).transpose(2, 0, 1))
 
 
-def crop(image, mean, top, left, flip):
-    """A 224 patch of (image - mean) at (top, left), flipped left-right if asked, float32 CHW."""
-    patch = image[top:top + CROP, left:left + CROP].astype(np.float32)
-    patch -= mean[top:top + CROP, left:left + CROP]
+def crop(image, mean_chw, top, left, flip, out=None):
+    """The 224 patch of (image - mean) at (top, left), flipped left-right if asked, float32 CHW.
+
+    One pass: the uint8 HWC view and the CHW mean are read through strided views
+    (transposed, flipped) and subtracted straight into a contiguous CHW buffer.
+    """
+    src = image[top:top + CROP, left:left + CROP].transpose(2, 0, 1)
+    m = mean_chw[:, top:top + CROP, left:left + CROP]
     if flip:
-        patch = patch[:, ::-1]
-    return patch
+        src, m = src[:, :, ::-1], m[:, :, ::-1]
+    if out is None:
+        out = np.empty((3, CROP, CROP), np.float32)
+    np.subtract(src, m, out=out, dtype=np.float32)
+    return out
 
 
 class TrainTransform:
@@ -123,6 +130,7 @@ class TrainTransform:
 
     def __init__(self, mean, eigval, eigvec, seed=0, pca_std=0.1):
         self.mean = np.asarray(mean, dtype=np.float32)
+        self.mean_chw = _chw_mean(mean)
         self.eigval, self.eigvec = np.asarray(eigval, np.float64), np.asarray(eigvec, np.float64)
         self.seed, self.pca_std, self.epoch = seed, pca_std, 0
 
@@ -139,9 +147,9 @@ class TrainTransform:
 
     def __call__(self, image, index):
         top, left, flip, alpha = self.draw(index)
-        patch = crop(image, self.mean, top, left, flip)
-        patch += self.shift(alpha)
-        return _chw(patch)
+        patch = crop(image, self.mean_chw, top, left, flip)
+        patch += self.shift(alpha)[:, None, None]
+        return torch.from_numpy(patch)
 
 
 class EvalTransform:
@@ -150,13 +158,15 @@ class EvalTransform:
     def __init__(self, mean, crops=1):
         if crops not in (1, 10):
             raise ValueError(f"crops={crops}: choose 1 (centre) or 10 (corners, centre and flips)")
-        self.mean, self.crops = np.asarray(mean, dtype=np.float32), crops
+        self.mean_chw, self.crops = _chw_mean(mean), crops
 
     def __call__(self, image, index=None):
         if self.crops == 1:
-            return _chw(crop(image, self.mean, *TEN_CROP_OFFSETS[CENTER], False))
-        patches = [crop(image, self.mean, t, l, flip) for flip in (False, True) for t, l in TEN_CROP_OFFSETS]
-        return torch.from_numpy(np.ascontiguousarray(np.stack(patches).transpose(0, 3, 1, 2)))
+            return torch.from_numpy(crop(image, self.mean_chw, *TEN_CROP_OFFSETS[CENTER], False))
+        out = np.empty((10, 3, CROP, CROP), np.float32)
+        for i, (flip, (top, left)) in enumerate((f, o) for f in (False, True) for o in TEN_CROP_OFFSETS):
+            crop(image, self.mean_chw, top, left, flip, out=out[i])
+        return torch.from_numpy(out)
 
 
 class StoreDataset(torch.utils.data.Dataset):

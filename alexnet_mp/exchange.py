@@ -52,10 +52,26 @@ class DeviceExchange:
         return torch.cat([s.cpu() for s in slices], 0)
 
 
+def _channels_last(t):
+    """View a (N, C) or (N, C, H, W) activation with its channels as the last dim.
+    The model keeps conv activations channels_last, so this is usually free, and
+    the gathered result stays channels_last for the convs and pools after it."""
+    return t.permute(0, 2, 3, 1) if t.dim() == 4 else t
+
+
+def _channels_first(t):
+    return t.permute(0, 3, 1, 2) if t.dim() == 4 else t
+
+
 def _gather(x, group):
-    parts = [torch.empty_like(x) for _ in range(COLUMNS)]
-    dist.all_gather(parts, x.contiguous(), group=group)
-    return torch.cat(parts, 1)
+    own = _channels_last(x).contiguous()
+    parts = [torch.empty_like(own) for _ in range(COLUMNS)]
+    dist.all_gather(parts, own, group=group)
+    return _channels_first(torch.cat(parts, -1))
+
+
+def _own_slice(grad, column, width):
+    return grad.narrow(1, column * width, width)
 
 
 class _GatherSumBack(torch.autograd.Function):
@@ -68,9 +84,9 @@ class _GatherSumBack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad.narrow(1, ctx.column * ctx.width, ctx.width), None, None
+        summed = _channels_last(grad).clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(summed, group=ctx.group)
+        return _own_slice(_channels_first(summed), ctx.column, ctx.width), None, None
 
 
 class _GatherKeepBack(torch.autograd.Function):
@@ -83,7 +99,7 @@ class _GatherKeepBack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.narrow(1, ctx.column * ctx.width, ctx.width), None, None
+        return _own_slice(grad, ctx.column, ctx.width), None, None
 
 
 class ProcessExchange:

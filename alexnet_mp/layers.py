@@ -18,47 +18,76 @@ import torch
 from torch import nn
 
 
-def _window_sum(t, size):
-    """Sum over a centred channel window of `size`, clipped at the column edge.
+def _window_sum(sq, size, out):
+    """out[..., i] = sum of sq[..., j] over the centred window |i - j| <= size // 2,
+    clipped at the column edge. The last dim holds one column's channels.
 
-    `t` is (N, G, C, H, W): G columns of C channels each; dim 2 is summed.
+    Shifted in-place adds into one buffer: no padding copy, no temporaries
+    (on a CPU a fresh activation-sized tensor costs more than the arithmetic).
     """
-    half = size // 2
-    padded = nn.functional.pad(t, (0, 0, 0, 0, half, size - 1 - half))
-    c = t.shape[2]
-    out = padded[:, :, 0:c].clone()
-    for shift in range(1, size):
-        out += padded[:, :, shift:shift + c]
+    out.copy_(sq)
+    c = sq.shape[-1]
+    for shift in range(1, size // 2 + 1):
+        if shift < c:
+            out[..., shift:] += sq[..., :c - shift]
+            out[..., :c - shift] += sq[..., shift:]
     return out
 
 
-class _ColumnLRN(torch.autograd.Function):
-    """Fused LRN with the closed-form backward, so autograd keeps two tensors, not six.
+def _neg_pow(den, beta, out):
+    """den ** -beta into `out`, clobbering `den`. For the paper's beta = 3/4 it is
+    rsqrt(den) * sqrt(rsqrt(den)): three cheap vector ops instead of a pow
+    (exp and log per element)."""
+    if beta != 0.75:
+        return torch.pow(den, -beta, out=out)
+    torch.rsqrt(den, out=out)
+    return out.mul_(den.rsqrt_().sqrt_())
 
-    With d_j = k + (alpha/n) * S_j and b_j = a_j d_j^-beta:
-    dL/da_i = g_i d_i^-beta - 2 (alpha/n) beta a_i * sum_{j: i in window(j)} g_j a_j d_j^(-beta-1)
+
+def _rows(x, columns):
+    """(N, C, H, W) -> (N*H*W, columns, C/columns): channels last, a free view for
+    channels_last tensors (the model's layout), a copy otherwise."""
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(n * h * w, columns, c // columns)
+
+
+def _unrows(rows, shape):
+    n, c, h, w = shape
+    return rows.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+class _ColumnLRN(torch.autograd.Function):
+    """Fused LRN with the closed-form backward; it keeps x and r = D^-beta for backward
+    and recomputes the denominator D there.
+
+    With D_j = k + (alpha/n) S_j and b_j = a_j D_j^-beta:
+    dL/da_i = g_i D_i^-beta - 2 (alpha/n) beta a_i * sum_{j: i in window(j)} g_j a_j D_j^(-beta-1)
     The window is symmetric, so the last sum is the same window sum as S.
     """
 
     @staticmethod
     def forward(ctx, x, columns, size, alpha, beta, k):
-        n, c, h, w = x.shape
-        xg = x.reshape(n, columns, c // columns, h, w)
-        d = _window_sum(xg * xg, size).mul_(alpha / size).add_(k)
-        y = xg * d.pow(-beta)
-        ctx.save_for_backward(xg, d)
-        ctx.params = (size, alpha, beta)
-        return y.reshape(n, c, h, w)
+        xr = _rows(x, columns)
+        sq = xr * xr
+        den = _window_sum(sq, size, torch.empty_like(sq)).mul_(alpha / size).add_(k)
+        r = _neg_pow(den, beta, out=sq)             # reuses the squares' buffer
+        y = torch.mul(xr, r, out=den)               # and the denominator's
+        ctx.save_for_backward(xr, r)
+        ctx.params = (size, alpha, beta, k, x.shape)
+        return _unrows(y, x.shape)
 
     @staticmethod
     def backward(ctx, grad):
-        xg, d = ctx.saved_tensors
-        size, alpha, beta = ctx.params
-        g = grad.reshape(xg.shape)
-        dpow = d.pow(-beta)
-        t = g * xg * dpow / d
-        dx = g * dpow - (2.0 * alpha * beta / size) * xg * _window_sum(t, size)
-        return dx.reshape(grad.shape), None, None, None, None, None
+        xr, r = ctx.saved_tensors
+        size, alpha, beta, k, shape = ctx.params
+        g = _rows(grad, xr.shape[1])
+        t = xr * xr
+        den = _window_sum(t, size, torch.empty_like(t)).mul_(alpha / size).add_(k)
+        torch.mul(g, xr, out=t).mul_(r).div_(den)                    # g_j a_j D_j^(-beta-1)
+        window = _window_sum(t, size, den)
+        dx = torch.mul(g, r, out=t)
+        dx.addcmul_(xr, window, value=-2.0 * alpha * beta / size)
+        return _unrows(dx, shape), None, None, None, None, None
 
 
 def column_lrn(x, columns, size=5, alpha=1e-4, beta=0.75, k=2.0):

@@ -107,7 +107,9 @@ def check_input(x, crop=224):
 def pad_input(x):
     # spec §1: the original code lets conv1's last kernel hang 3 pixels past the
     # right/bottom edge of a 224 crop, reading zeros; zero is the mean colour.
-    return F.pad(x, (0, CONV1_PAD, 0, CONV1_PAD))
+    # Channels-last from here on: pooling and the per-column LRN run several times
+    # faster with the channels of a pixel side by side in memory.
+    return F.pad(x, (0, CONV1_PAD, 0, CONV1_PAD)).contiguous(memory_format=torch.channels_last)
 
 
 def run_layer(layer, module, x, lrn, dropout):
@@ -117,7 +119,7 @@ def run_layer(layer, module, x, lrn, dropout):
     x = module(x)
     if layer is HEAD:
         return x
-    x = F.relu(x)
+    x = F.relu(x, inplace=True)     # conv and linear backward do not need their output
     if layer.lrn:
         x = lrn(x)
     if layer.pool:

@@ -105,14 +105,20 @@ def test_lrn_window_never_crosses_the_column_boundary():
     assert not torch.equal(column_lrn(x, 1)[:, 48:50], column_lrn(x2, 1)[:, 48:50])
 
 
-def test_lrn_gradient_passes_gradcheck_in_float64():
-    x = (torch.rand(2, 12, 3, 3, dtype=torch.float64) * 20).requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: column_lrn(t, 2, alpha=0.5), (x,))
+@pytest.mark.parametrize("beta", [0.75, 0.6])      # 0.75 takes the rsqrt route, others pow
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lrn_gradient_passes_gradcheck_in_float64(beta, channels_last):
+    x = torch.rand(2, 12, 3, 3, dtype=torch.float64) * 20
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: column_lrn(t, 2, alpha=0.5, beta=beta), (x,))
 
 
-def test_lrn_matches_torch_reference_per_column_values_and_gradients():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lrn_matches_torch_reference_per_column_values_and_gradients(dtype):
     """A mismatch here points to the fused backward: torch's LRN applied per half is the reference."""
-    x = (torch.rand(2, 96, 6, 6, dtype=torch.float64) * 100).requires_grad_()
+    x = (torch.rand(2, 96, 6, 6, dtype=dtype) * 100).requires_grad_()
     ref_x = x.detach().clone().requires_grad_()
     lrn = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
     ref = torch.cat([lrn(h) for h in ref_x.split(48, 1)], 1)

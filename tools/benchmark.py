@@ -197,7 +197,7 @@ def _fmt(m):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Side-by-side speed ratios")
-    p.add_argument("sections", nargs="*", choices=SECTIONS, default=list(SECTIONS),
+    p.add_argument("sections", nargs="*",
                    help=f"any of {', '.join(SECTIONS)} (default: all)")
     p.add_argument("-b", "--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=2, help="batches per timed run")
@@ -207,6 +207,10 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny batch, one repeat: a smoke run for CI")
     p.add_argument("--json", help="write the figures and ratios here")
     args = p.parse_args(argv)
+    args.sections = args.sections or list(SECTIONS)
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        p.error(f"unknown section {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
     if args.quick:
         args.batch_size, args.steps, args.repeats = 4, 1, 1
     device = torch.device(args.device)
