@@ -1,13 +1,21 @@
 """Reading a prepared store, and the paper's crops for training and testing (§4.1).
 
 A store (made by `alexnet_mp.prepare`) holds, per split, every image at
-256x256x3 uint8 in one flat file, read through a memory map: a sample is one
-contiguous 196,608-byte read with nothing to decode. See the README for the
-measurement behind that choice. Layout:
+256x256x3 in one file read through a memory map, in one of two formats (the
+README has the measurements behind them):
+
+* raw: uint8 pixels, a sample is one contiguous 196,608-byte read with nothing
+  to decode. Fastest, exact; about 250 GB for ImageNet's training set.
+* jpeg: the 256x256 images re-encoded at quality 95, about 8x smaller, decoded
+  per sample with torchvision.io.
+
+Layout:
 
     STORE/classes.json            {"classes": [folder names], "names": {folder: human name}}
-    STORE/<split>/images.u8       N x 256 x 256 x 3, uint8, RGB
-    STORE/<split>/index.json      {"files": [...], "labels": [...]}
+    STORE/<split>/images.u8       raw: N x 256 x 256 x 3, uint8, RGB
+    STORE/<split>/images.jpg      jpeg: the encoded images back to back, in any order
+    STORE/<split>/offsets.i64     jpeg: per image (byte offset, length)
+    STORE/<split>/index.json      {"files": [...], "labels": [...], "format": "raw" | "jpeg"}
     STORE/<split>/status.u8       per image: 0 to do, 1 converted, 2 could not be decoded
     STORE/<split>/report.txt      the images that could not be decoded, with the reason
     STORE/train/stats.npz         mean image (float64) and the RGB PCA (0..1 units)
@@ -17,11 +25,31 @@ division by a standard deviation (spec §2).
 """
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
 
 from .errors import UsageError
+
+try:
+    # torchvision 0.29 marks its codecs deprecated in favour of torchcodec and warns
+    # on every call, but its decoder is still the fastest here (README); PIL takes
+    # over once it is gone.
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as _tv_decode_jpeg
+
+    def decode_jpeg(data):
+        return _tv_decode_jpeg(data, mode=ImageReadMode.RGB)
+except ImportError:            # a torchvision without image codecs: PIL does it, slower
+    def decode_jpeg(data):
+        import io
+
+        from PIL import Image
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+            return torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1)
 
 SIZE = 256                 # §2: images stored at 256x256
 CROP = 224                 # §4.1: 224x224 patches
@@ -77,8 +105,9 @@ class Store:
         self.slots = np.flatnonzero(status == 1)
         self.files = [index["files"][s] for s in self.slots]
         self.labels = np.asarray(index["labels"], dtype=np.int64)[self.slots]
-        self._path, self._total = os.path.join(folder, "images.u8"), len(status)
-        self._images = None
+        self.format = index.get("format", "raw")
+        self._folder, self._total = folder, len(status)
+        self._images = self._offsets = None
 
     def __len__(self):
         return len(self.slots)
@@ -87,15 +116,29 @@ class Store:
     def images(self):
         # Opened lazily so that each DataLoader worker maps the file itself.
         if self._images is None:
-            self._images = np.memmap(self._path, dtype=np.uint8, mode="r", shape=(self._total, SIZE, SIZE, 3))
+            if self.format == "raw":
+                self._images = np.memmap(os.path.join(self._folder, "images.u8"), dtype=np.uint8, mode="r",
+                                         shape=(self._total, SIZE, SIZE, 3))
+            else:
+                self._images = np.memmap(os.path.join(self._folder, "images.jpg"), dtype=np.uint8, mode="r")
+                self._offsets = np.fromfile(os.path.join(self._folder, "offsets.i64"), np.int64).reshape(-1, 2)
         return self._images
 
+    def read_slot(self, slot):
+        """The 256x256x3 uint8 image stored in `slot` (of all files, converted or not)."""
+        images = self.images
+        if self.format == "raw":
+            return images[slot]
+        start, length = self._offsets[slot]
+        encoded = torch.from_numpy(np.array(images[start:start + length]))
+        return decode_jpeg(encoded).permute(1, 2, 0).numpy()
+
     def __getitem__(self, i):
-        return self.images[self.slots[i]], int(self.labels[i])
+        return self.read_slot(self.slots[i]), int(self.labels[i])
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_images"] = None
+        state["_images"] = state["_offsets"] = None
         return state
 
 

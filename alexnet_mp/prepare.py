@@ -9,6 +9,7 @@ A flat val/ folder is read with a CSV of `filename,class`. Class index = the
 sorted folder names, as torchvision's ImageFolder numbers them.
 """
 import csv
+import io
 import json
 import multiprocessing
 import os
@@ -17,11 +18,13 @@ import time
 import numpy as np
 from PIL import Image
 
-from .data import SIZE, StoreError
+from .data import SIZE, Store, StoreError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 TODO, DONE, FAILED = 0, 1, 2
 CHUNK = 64
+FORMATS = ("raw", "jpeg")
+JPEG_QUALITY = 95          # with 4:4:4 chroma: colour matters to PCA and the mean image
 
 
 def to_256(path):
@@ -82,16 +85,29 @@ def scan_flat(root, labels_csv, classes):
 
 
 def _convert(task):
-    folder, root, total, items = task
-    images = np.memmap(os.path.join(folder, "images.u8"), dtype=np.uint8, mode="r+", shape=(total, SIZE, SIZE, 3))
+    """Convert a chunk of images in a worker. raw: written into the shared memmap;
+    jpeg: encoded here and handed back for the parent to append."""
+    folder, root, total, fmt, items = task
+    images = None
+    if fmt == "raw":
+        images = np.memmap(os.path.join(folder, "images.u8"), dtype=np.uint8, mode="r+",
+                           shape=(total, SIZE, SIZE, 3))
     out = []
     for slot, rel in items:
         try:
-            images[slot] = to_256(os.path.join(root, rel))
-            out.append((slot, DONE, ""))
+            pixels = to_256(os.path.join(root, rel))
         except Exception as e:         # any undecodable file is reported, not fatal
             out.append((slot, FAILED, f"{type(e).__name__}: {e}"))
-    images.flush()
+            continue
+        if images is not None:
+            images[slot] = pixels
+            out.append((slot, DONE, b""))
+        else:
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+            out.append((slot, DONE, buf.getvalue()))
+    if images is not None:
+        images.flush()
     return out
 
 
@@ -108,34 +124,54 @@ def write_json(path, data):
     _atomic_write(path, write)
 
 
-def convert_split(src, files, labels, folder, workers, log=print):
+def convert_split(src, files, labels, folder, workers, fmt="raw", log=print):
     """Convert one split; resumes from status.u8 and skips what is already done."""
+    if fmt not in FORMATS:
+        raise StoreError(f"unknown store format '{fmt}': choose one of {', '.join(FORMATS)}")
     os.makedirs(folder, exist_ok=True)
     index_path, status_path = os.path.join(folder, "index.json"), os.path.join(folder, "status.u8")
-    index = {"files": files, "labels": labels}
+    offsets_path = os.path.join(folder, "offsets.i64")
+    index = {"files": files, "labels": labels, "format": fmt}
     fresh = True
     if os.path.isfile(index_path) and os.path.isfile(status_path):
         with open(index_path) as f:
             fresh = json.load(f) != index
         if fresh:
-            log(f"{folder}: the source changed since the last run; converting it again")
+            log(f"{folder}: the source or --format changed since the last run; converting it again")
     total = len(files)
     if fresh:
-        with open(os.path.join(folder, "images.u8"), "wb") as f:
-            f.truncate(total * SIZE * SIZE * 3)
+        for name in ("images.u8", "images.jpg", "offsets.i64", "stats.npz"):
+            if os.path.exists(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
+        if fmt == "raw":
+            with open(os.path.join(folder, "images.u8"), "wb") as f:
+                f.truncate(total * SIZE * SIZE * 3)
+        else:
+            open(os.path.join(folder, "images.jpg"), "wb").close()
+            np.zeros((total, 2), np.int64).tofile(offsets_path)
         np.zeros(total, np.uint8).tofile(status_path)
         write_json(index_path, index)
     status = np.fromfile(status_path, dtype=np.uint8)
+    offsets = np.fromfile(offsets_path, np.int64).reshape(-1, 2) if fmt == "jpeg" else None
     todo = [(int(s), files[s]) for s in np.flatnonzero(status == TODO)]
     if todo:
-        tasks = [(folder, src, total, todo[i:i + CHUNK]) for i in range(0, len(todo), CHUNK)]
+        tasks = [(folder, src, total, fmt, todo[i:i + CHUNK]) for i in range(0, len(todo), CHUNK)]
         start, done, failures = time.time(), 0, {}
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool, \
+                open(os.path.join(folder, "images.jpg" if fmt == "jpeg" else "images.u8"), "ab") as packed:
             for results in pool.imap_unordered(_convert, tasks):
-                for slot, state, reason in results:
-                    status[slot] = state
+                for slot, state, payload in results:
                     if state == FAILED:
-                        failures[slot] = reason
+                        failures[slot] = payload
+                    elif offsets is not None:
+                        offsets[slot] = (packed.tell(), len(payload))
+                        packed.write(payload)
+                    status[slot] = state
+                # Bytes first, then where they are, then that they are done: a crash
+                # between the steps leaves at worst unreferenced bytes, never a bad image.
+                packed.flush()
+                if offsets is not None:
+                    _atomic_write(offsets_path, offsets.tofile)
                 _atomic_write(status_path, status.tofile)
                 done += len(results)
                 rate = done / max(time.time() - start, 1e-9)
@@ -155,23 +191,22 @@ def _write_report(folder, files, failures, fresh):
     _atomic_write(path, lambda tmp: open(tmp, "w").writelines(f"{k}\t{v}\n" for k, v in sorted(old.items())))
 
 
-def compute_stats(folder, chunk=32):
+def compute_stats(root, split="train", chunk=32):
     """Mean image (float64) and the RGB covariance's eigen-decomposition in 0..1 units,
     streamed over the converted images with memory bounded by `chunk`."""
-    status = np.fromfile(os.path.join(folder, "status.u8"), dtype=np.uint8)
-    images = np.memmap(os.path.join(folder, "images.u8"), dtype=np.uint8, mode="r",
-                       shape=(len(status), SIZE, SIZE, 3))
-    slots = np.flatnonzero(status == DONE)
-    if not len(slots):
-        raise StoreError(f"{folder} has no converted images: statistics need at least one training image")
+    store = Store(root, split)
+    if not len(store):
+        raise StoreError(f"{os.path.join(root, split)} has no converted images: statistics need at least "
+                         f"one training image")
     total = np.zeros((SIZE, SIZE, 3), np.float64)
     s1, s2 = np.zeros(3), np.zeros((3, 3))
-    for i in range(0, len(slots), chunk):
-        block = images[slots[i:i + chunk]].astype(np.float64)
+    for i in range(0, len(store), chunk):
+        block = np.stack([store[j][0] for j in range(i, min(i + chunk, len(store)))]).astype(np.float64)
         total += block.sum(axis=0)
         rgb = block.reshape(-1, 3) / 255.0
         s1 += rgb.sum(axis=0)
         s2 += rgb.T @ rgb
+    slots = store.slots
     n_pixels = len(slots) * SIZE * SIZE
     mu = s1 / n_pixels
     cov = s2 / n_pixels - np.outer(mu, mu)
@@ -181,7 +216,7 @@ def compute_stats(folder, chunk=32):
             "cov": cov, "count": np.int64(len(slots))}
 
 
-def prepare(src, out, workers=1, labels_csv=None, names_file=None, log=print):
+def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", log=print):
     """Convert SRC into the store OUT; returns {split: (converted, failed)}."""
     if not os.path.isdir(src):
         raise StoreError(f"source folder {src} does not exist: pass the folder holding train/ (and val/)")
@@ -218,12 +253,12 @@ def prepare(src, out, workers=1, labels_csv=None, names_file=None, log=print):
     counts = {}
     for split, (root, sfiles, slabels) in splits.items():
         folder = os.path.join(out, split)
-        status, worked = convert_split(root, sfiles, slabels, folder, workers, log)
+        status, worked = convert_split(root, sfiles, slabels, folder, workers, fmt, log)
         counts[split] = (int((status == DONE).sum()), int((status == FAILED).sum()))
         stats_path = os.path.join(folder, "stats.npz")
         if split == "train" and (worked or not os.path.isfile(stats_path)):
             log("computing the mean image and RGB PCA over the training images ...")
-            stats = compute_stats(folder)
+            stats = compute_stats(out)
             _atomic_write(stats_path, lambda tmp: np.savez(open(tmp, "wb"), **stats))
     for split, (ok, bad) in counts.items():
         report = f" (listed in {os.path.join(out, split, 'report.txt')})" if bad else ""

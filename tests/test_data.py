@@ -74,6 +74,28 @@ def test_undecodable_files_are_reported_and_counted(store):
     assert len(train) == 9 and read_classes(str(out))["classes"] == ["a", "b"]
 
 
+def test_jpeg_store_holds_the_same_images_within_jpeg_loss(quirky_tree, store, tmp_path):
+    raw_out, _ = store
+    lines = []
+    prepare(str(quirky_tree), str(tmp_path / "jpeg"), workers=2, fmt="jpeg", log=lines.append)
+    assert "train: 9 images converted, 2 could not be decoded" in "\n".join(lines)
+    raw, jpeg = Store(str(raw_out), "train"), Store(str(tmp_path / "jpeg"), "train")
+    assert jpeg.format == "jpeg" and jpeg.files == raw.files
+    for i in range(len(raw)):
+        a, b = raw[i][0].astype(np.float64), jpeg[i][0].astype(np.float64)
+        # These test images carry uniform per-pixel noise of 0..40, the worst case for JPEG;
+        # the loss must still be small and unbiased (no colour shift).
+        assert b.shape == (256, 256, 3) and np.abs(a - b).mean() < 4.0, raw.files[i]
+        assert np.abs((a - b).mean(axis=(0, 1))).max() < 0.5, raw.files[i]
+    size = os.path.getsize(tmp_path / "jpeg" / "train" / "images.jpg")
+    assert size < os.path.getsize(raw_out / "train" / "images.u8") / 3
+    mean, _, _ = load_stats(str(tmp_path / "jpeg"))
+    np.testing.assert_allclose(mean, np.stack([jpeg[i][0] for i in range(len(jpeg))]).mean(0), rtol=1e-6)
+    again = []
+    prepare(str(quirky_tree), str(tmp_path / "jpeg"), workers=2, fmt="jpeg", log=again.append)
+    assert not any("img/s" in line for line in again)
+
+
 def test_rerun_does_no_work(quirky_tree, store):
     out, _ = store
     before = {f: os.stat(out / "train" / f).st_mtime_ns for f in ("images.u8", "status.u8", "stats.npz")}

@@ -163,8 +163,8 @@ def _photos(folder, count, rng):
 
 
 def bench_data(args, device):
-    """Images/s in ONE process (one worker's share): our store + paper transform vs
-    torchvision ImageFolder + PIL decode + RandomResizedCrop + ToTensor + Normalize."""
+    """Images/s in ONE process (one worker's share): our raw and jpeg stores with the
+    paper's transform vs torchvision ImageFolder + PIL + RandomResizedCrop + ToTensor + Normalize."""
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
@@ -176,17 +176,25 @@ def bench_data(args, device):
     try:
         with tempfile.TemporaryDirectory() as d:
             _photos(os.path.join(d, "src", "train"), count, np.random.default_rng(0))
-            prepare(os.path.join(d, "src"), os.path.join(d, "store"), workers=os.cpu_count() or 1,
-                    log=lambda *a: None)
-            store = os.path.join(d, "store")
-            ours = StoreDataset(Store(store, "train"), TrainTransform(*load_stats(store)))
-            tv = ImageFolder(os.path.join(d, "src", "train"), T.Compose([
-                T.RandomResizedCrop(224), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]))
+            pipelines = {"torchvision": ImageFolder(os.path.join(d, "src", "train"), T.Compose([
+                T.RandomResizedCrop(224), T.ToTensor(),
+                T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]))}
+            for fmt in ("raw", "jpeg"):
+                store = os.path.join(d, fmt)
+                prepare(os.path.join(d, "src"), store, workers=os.cpu_count() or 1, fmt=fmt, log=lambda *a: None)
+                pipelines[fmt] = StoreDataset(Store(store, "train"), TrainTransform(*load_stats(store)))
+            pipelines["bytes_per_image"] = {
+                fmt: os.path.getsize(os.path.join(d, fmt, "train", f"images.{ext}")) / count
+                for fmt, ext in (("raw", "u8"), ("jpeg", "jpg"))}
 
             def run(ds):
-                return lambda: [ds[i] for i in range(len(ds))]
-            return {name: tuple(count / t for t in timed(run(ds), args.repeats))
-                    for name, ds in (("torchvision", tv), ("ours", ours))}
+                def consume():
+                    for i in range(len(ds)):
+                        ds[i]        # dropped at once, as a DataLoader's collate frees it
+                return consume
+            sizes = pipelines.pop("bytes_per_image")
+            speeds = {name: tuple(count / t for t in timed(run(ds), args.repeats)) for name, ds in pipelines.items()}
+            return speeds, sizes
     finally:
         torch.set_num_threads(threads)
 
@@ -247,11 +255,16 @@ def main(argv=None):
         print(f"\n(d) evaluation, ms per image: centre {1e3 * tc[1][0]:.1f}, ten-crop {1e3 * tc[10][0]:.1f}: "
               f"ten-crop costs {res['tencrop_cost']:.2f}x the centre crop")
     if "data" in args.sections:
-        dd = bench_data(args, device)
+        dd, sizes = bench_data(args, device)
         res["data_img_per_s"] = {k: v[0] for k, v in dd.items()}
-        res["data_ratio"] = dd["ours"][0] / dd["torchvision"][0]
-        print(f"\n(e) training input pipeline, one process, img/s: torchvision-style {_fmt(dd['torchvision'])}, "
-              f"ours {_fmt(dd['ours'])}: {res['data_ratio']:.2f}x")
+        res["data_bytes_per_image"] = sizes
+        res["data_ratio"] = dd["raw"][0] / dd["torchvision"][0]
+        res["data_ratio_jpeg"] = dd["jpeg"][0] / dd["torchvision"][0]
+        print("\n(e) training input pipeline, one process (= one worker), 500x375 JPEG sources:")
+        print(f"    torchvision ImageFolder+RandomResizedCrop  {_fmt(dd['torchvision'])} img/s  1.00x")
+        for fmt in ("raw", "jpeg"):
+            print(f"    ours, {fmt:4} store ({sizes[fmt] / 1024:5.0f} KB/image)   {_fmt(dd[fmt])} img/s  "
+                  f"{dd[fmt][0] / dd['torchvision'][0]:.2f}x")
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
