@@ -176,7 +176,32 @@ def check_canonical(state, num_classes, columns=2):
                              f"expected {shape}: it was saved by another architecture")
 
 
-class AlexNet(nn.Module):
+class Canonical:
+    """The checkpoint API every placement shares, built on its own `map_canonical`
+    (gather into the canonical format) and `scatter_canonical` (slice out of it)."""
+
+    def canonical_state_dict(self):
+        """The full network's weights in the canonical format, on the CPU."""
+        return self.map_canonical(lambda p: p)
+
+    def canonical_grads(self):
+        """Every parameter's gradient in the canonical format (zeros where there is none)."""
+        return self.map_canonical(lambda p: torch.zeros_like(p) if p.grad is None else p.grad)
+
+    def load_canonical_state_dict(self, state):
+        check_canonical(state, self.config.num_classes)
+        self.scatter_canonical(state, lambda p: p)
+
+    def _finish(self, lrn_columns, seed, init):
+        """LRN over `lrn_columns` channel groups per tensor, dropout, and the §5 init."""
+        self.lrn = _lrn(self.config, lrn_columns)
+        self.dropout = PaperDropout(self.config.dropout)
+        if init:
+            self.load_canonical_state_dict(
+                init_canonical_state(self.config.num_classes, self.config.init_std, seed))
+
+
+class AlexNet(Canonical, nn.Module):
     """The grouped placement: both columns on one device (§3.2 emulated with groups=2).
 
     `AlexNet(num_classes=1000, seed=0)` is initialised per §5; `state_dict()` is
@@ -191,11 +216,7 @@ class AlexNet(nn.Module):
             setattr(self, layer.name, _make_layer(i, 2, groups, self.config.num_classes, "meta"))
         # Built on "meta" and materialised empty: torch's default init would be overwritten anyway.
         _materialise(self, device or "cpu")
-        self.lrn = _lrn(self.config, columns=2)
-        self.dropout = PaperDropout(self.config.dropout)
-        if init:
-            self.load_canonical_state_dict(
-                init_canonical_state(self.config.num_classes, self.config.init_std, seed))
+        self._finish(lrn_columns=2, seed=seed, init=init)
 
     def forward(self, x):
         x = pad_input(check_input(x, self.config.crop))
@@ -220,15 +241,6 @@ class AlexNet(nn.Module):
             for name, p in self.named_parameters():
                 target(p).copy_(state[name])
 
-    def canonical_state_dict(self):
-        return self.map_canonical(lambda p: p)
-
-    def canonical_grads(self):
-        return self.map_canonical(lambda p: torch.zeros_like(p) if p.grad is None else p.grad)
-
-    def load_canonical_state_dict(self, state):
-        check_canonical(state, self.config.num_classes)
-        self.scatter_canonical(state, lambda p: p)
 
 
 class Column(nn.Module):
@@ -242,7 +254,7 @@ class Column(nn.Module):
         _materialise(self, device)
 
 
-class ColumnNet(nn.Module):
+class ColumnNet(Canonical, nn.Module):
     """Columns on their own devices or processes; `exchange` joins them.
 
     `exchange.local_columns` lists (column index, device) held here,
@@ -258,11 +270,7 @@ class ColumnNet(nn.Module):
         self.columns = nn.ModuleList(Column(c, dev) for c, dev in exchange.local_columns)
         self.fc8 = _make_layer(len(ARCH) - 1, 1, 1, self.config.num_classes, "meta")
         _materialise(self.fc8, exchange.head_device)
-        self.lrn = _lrn(self.config, columns=1)
-        self.dropout = PaperDropout(self.config.dropout)
-        if init:
-            self.load_canonical_state_dict(
-                init_canonical_state(self.config.num_classes, self.config.init_std, seed))
+        self._finish(lrn_columns=1, seed=seed, init=init)
 
     def _columns_forward(self, x):
         x = pad_input(check_input(x, self.config.crop))
@@ -303,15 +311,3 @@ class ColumnNet(nn.Module):
         with torch.no_grad():
             for name, p, rows in self._slices():
                 target(p).copy_(state[name][rows])
-
-    def canonical_state_dict(self):
-        """The full network's weights in the canonical format (gathered from all columns)."""
-        return self.map_canonical(lambda p: p)
-
-    def canonical_grads(self):
-        """Every parameter's gradient, gathered into the canonical format."""
-        return self.map_canonical(lambda p: torch.zeros_like(p) if p.grad is None else p.grad)
-
-    def load_canonical_state_dict(self, state):
-        check_canonical(state, self.config.num_classes)
-        self.scatter_canonical(state, lambda p: p)

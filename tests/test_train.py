@@ -189,3 +189,18 @@ def test_plateau_schedule_drops_after_patience_and_at_most_three_times():
     assert s.drops == 3
     fixed = LRSchedule(0.01, steps=(2, 4))
     assert [fixed.step(e, 0.5) for e in range(5)] == pytest.approx([0.01, 0.001, 0.001, 1e-4, 1e-4])
+
+
+@pytest.mark.slow
+def test_demo_learns_and_writes_eval_json_and_figures(tmp_path):
+    """The README's main command, end to end (about 7 minutes on 2 cores)."""
+    out = tmp_path / "demo"
+    proc = run_script(["tools/demo.py", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")],
+                      timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "demo preset, departures from the paper's recipe" in proc.stdout
+    result = json.load(open(out / "eval.json"))
+    assert result["num_images"] == 200 and result["crops"] == 10
+    assert result["top1_err"] <= 0.5            # 10 classes: chance is 0.9
+    for name in ("filters.png", "neighbours.png"):
+        assert (out / "figures" / name).stat().st_size > 0
