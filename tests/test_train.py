@@ -204,3 +204,13 @@ def test_demo_learns_and_writes_eval_json_and_figures(tmp_path):
     assert result["top1_err"] <= 0.5            # 10 classes: chance is 0.9
     for name in ("filters.png", "neighbours.png"):
         assert (out / "figures" / name).stat().st_size > 0
+
+
+def test_diverging_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny_store, tmp_path):
+    out = tmp_path / "run"
+    _ok(run_script(train_cmd(tiny_store, out, "-b", "8", "-j", "0", "--stop-at-step", "1")))
+    before = (out / "checkpoint.pt").read_bytes()
+    proc = run_script(train_cmd(tiny_store, out, "-b", "8", "-j", "0", "--lr", "1e12"))
+    _one_line_error(proc, "training diverged; lower --lr")
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
