@@ -35,13 +35,12 @@ def _window_sum(sq, size, out):
 
 
 def _neg_pow(den, beta, out):
-    """den ** -beta into `out`, clobbering `den`. For the paper's beta = 3/4 it is
-    rsqrt(den) * sqrt(rsqrt(den)): three cheap vector ops instead of a pow
-    (exp and log per element)."""
+    """den ** -beta into `out`. For the paper's beta = 3/4 it is rsqrt(den) *
+    sqrt(rsqrt(den)): cheap vector ops instead of a pow (exp and log per element)."""
     if beta != 0.75:
         return torch.pow(den, -beta, out=out)
     torch.rsqrt(den, out=out)
-    return out.mul_(den.rsqrt_().sqrt_())
+    return out.mul_(out.sqrt())
 
 
 def _rows(x, columns):
@@ -57,8 +56,8 @@ def _unrows(rows, shape):
 
 
 class _ColumnLRN(torch.autograd.Function):
-    """Fused LRN with the closed-form backward; it keeps x and r = D^-beta for backward
-    and recomputes the denominator D there.
+    """Fused LRN with the closed-form backward. It keeps x, the denominator D and
+    r = D^-beta for the backward, which then needs one window sum, not two.
 
     With D_j = k + (alpha/n) S_j and b_j = a_j D_j^-beta:
     dL/da_i = g_i D_i^-beta - 2 (alpha/n) beta a_i * sum_{j: i in window(j)} g_j a_j D_j^(-beta-1)
@@ -68,23 +67,21 @@ class _ColumnLRN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, columns, size, alpha, beta, k):
         xr = _rows(x, columns)
-        sq = xr * xr
-        den = _window_sum(sq, size, torch.empty_like(sq)).mul_(alpha / size).add_(k)
-        r = _neg_pow(den, beta, out=sq)             # reuses the squares' buffer
-        y = torch.mul(xr, r, out=den)               # and the denominator's
-        ctx.save_for_backward(xr, r)
-        ctx.params = (size, alpha, beta, k, x.shape)
+        r = xr * xr
+        den = _window_sum(r, size, torch.empty_like(r)).mul_(alpha / size).add_(k)
+        _neg_pow(den, beta, out=r)                  # the squares' buffer now holds r
+        y = xr * r
+        ctx.save_for_backward(xr, den, r)
+        ctx.params = (size, alpha, beta, x.shape)
         return _unrows(y, x.shape)
 
     @staticmethod
     def backward(ctx, grad):
-        xr, r = ctx.saved_tensors
-        size, alpha, beta, k, shape = ctx.params
+        xr, den, r = ctx.saved_tensors
+        size, alpha, beta, shape = ctx.params
         g = _rows(grad, xr.shape[1])
-        t = xr * xr
-        den = _window_sum(t, size, torch.empty_like(t)).mul_(alpha / size).add_(k)
-        torch.mul(g, xr, out=t).mul_(r).div_(den)                    # g_j a_j D_j^(-beta-1)
-        window = _window_sum(t, size, den)
+        t = torch.mul(g, xr).mul_(r).div_(den)      # g_j a_j D_j^(-beta-1)
+        window = _window_sum(t, size, torch.empty_like(t))   # D stays intact for a retained graph
         dx = torch.mul(g, r, out=t)
         dx.addcmul_(xr, window, value=-2.0 * alpha * beta / size)
         return _unrows(dx, shape), None, None, None, None, None

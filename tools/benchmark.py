@@ -31,16 +31,20 @@ from alexnet_mp.optim import PaperSGD, param_groups  # noqa: E402
 SECTIONS = ("model", "tworank", "tencrop", "data")
 
 
-def timed(fn, repeats, warmup=1):
-    """(median, min, max) seconds of fn() after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def timed(fns, repeats, warmup=1):
+    """For each of `fns`, (median, min, max) seconds of a call after `warmup`
+    untimed calls. The functions take turns in every repeat, so that the
+    machine's drift (this 2-core box varies by 10-20%) lands on all of them alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), min(times), max(times)
+        for fn, ts in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return [(statistics.median(ts), min(ts), max(ts)) for ts in times]
 
 
 def _sync(device):
@@ -52,8 +56,8 @@ def _autocast(device, amp):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
-def model_speed(model, optimizer, x, y, steps, repeats, amp=None):
-    """(train, eval) images/s, each as (median, slowest, fastest)."""
+def model_steps(model, optimizer, x, y, steps, amp=None):
+    """(train, eval) functions that each run `steps` batches."""
     device = x.device
 
     def train_steps():
@@ -73,8 +77,11 @@ def model_speed(model, optimizer, x, y, steps, repeats, amp=None):
             with _autocast(device, amp):
                 model(x)
         _sync(device)
-    n = x.shape[0] * steps
-    return [tuple(n / t for t in timed(fn, repeats)) for fn in (train_steps, eval_steps)]
+    return train_steps, eval_steps
+
+
+def images_per_s(fns, images, repeats):
+    return [tuple(images / t for t in r) for r in timed(fns, repeats)]
 
 
 def _batch(b, device, channels_last=False):
@@ -92,12 +99,13 @@ def bench_models(args, device):
     ours = AlexNet(1000, seed=0, device=device)
     if device.type == "cuda":
         tv, ours = tv.to(memory_format=torch.channels_last), ours.to(memory_format=torch.channels_last)
-    out = {}
-    for name, model, opt in (
-            ("torchvision", tv, torch.optim.SGD(tv.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)),
-            ("grouped", ours, PaperSGD(param_groups(ours, 5e-4), lr=1e-4))):
-        out[name] = model_speed(model, opt, x, y, args.steps, args.repeats, args.amp)
-    return out
+    tv_train, tv_eval = model_steps(tv, torch.optim.SGD(tv.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4),
+                                    x, y, args.steps, args.amp)
+    our_train, our_eval = model_steps(ours, PaperSGD(param_groups(ours, 5e-4), lr=1e-4), x, y, args.steps, args.amp)
+    n = args.batch_size * args.steps
+    (tv_t, our_t), (tv_e, our_e) = (images_per_s(fns, n, args.repeats)
+                                    for fns in ((tv_train, our_train), (tv_eval, our_eval)))
+    return {"torchvision": (tv_t, tv_e), "grouped": (our_t, our_e)}
 
 
 def _tworank_worker(rank, port, batch, steps, repeats, threads, path):
@@ -107,7 +115,8 @@ def _tworank_worker(rank, port, batch, steps, repeats, threads, path):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     model = rank_alexnet("cpu", 1000, seed=0)
     x, y = _batch(batch, torch.device("cpu"))
-    result = model_speed(model, PaperSGD(param_groups(model, 5e-4), lr=1e-4), x, y, steps, repeats)
+    result = images_per_s(model_steps(model, PaperSGD(param_groups(model, 5e-4), lr=1e-4), x, y, steps),
+                          batch * steps, repeats)
     if rank == 0:
         torch.save(result, path)
     dist.destroy_process_group()
@@ -119,7 +128,8 @@ def bench_tworank(args, device):
         from alexnet_mp import two_device_alexnet
         model = two_device_alexnet(("cuda:0", "cuda:1"), 1000, seed=0)
         x, y = _batch(args.batch_size, torch.device("cuda:0"))
-        return model_speed(model, PaperSGD(param_groups(model, 5e-4), lr=1e-4), x, y, args.steps, args.repeats)
+        return images_per_s(model_steps(model, PaperSGD(param_groups(model, 5e-4), lr=1e-4), x, y, args.steps),
+                            args.batch_size * args.steps, args.repeats)
     import socket
 
     import torch.multiprocessing as mp
@@ -141,12 +151,13 @@ def bench_tencrop(args, device):
     model = AlexNet(1000, seed=0, device=device)
     n = max(2, args.batch_size // 4)
     crops10 = _batch(n * 10, torch.device("cpu"))[0].reshape(n, 10, 3, 224, 224)
-    out = {}
+    fns = []
     for crops, images in ((1, crops10[:, 4].contiguous()), (10, crops10)):
         data = torch.utils.data.TensorDataset(images, torch.zeros(n, dtype=torch.long))
         loader = torch.utils.data.DataLoader(data, batch_size=n, sampler=EpochSampler(n, shuffle=False))
-        out[crops] = tuple(t / n for t in timed(lambda: predict(model, loader, device, crops), args.repeats))
-    return out
+        fns.append(lambda loader=loader, crops=crops: predict(model, loader, device, crops))
+    one, ten = timed(fns, args.repeats)
+    return {1: tuple(t / n for t in one), 10: tuple(t / n for t in ten)}
 
 
 def _photos(folder, count, rng):
@@ -193,7 +204,8 @@ def bench_data(args, device):
                         ds[i]        # dropped at once, as a DataLoader's collate frees it
                 return consume
             sizes = pipelines.pop("bytes_per_image")
-            speeds = {name: tuple(count / t for t in timed(run(ds), args.repeats)) for name, ds in pipelines.items()}
+            names = list(pipelines)
+            speeds = dict(zip(names, images_per_s([run(pipelines[k]) for k in names], count, args.repeats)))
             return speeds, sizes
     finally:
         torch.set_num_threads(threads)
