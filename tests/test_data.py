@@ -96,6 +96,14 @@ def test_jpeg_store_holds_the_same_images_within_jpeg_loss(quirky_tree, store, t
     assert not any("img/s" in line for line in again)
 
 
+def test_class_list_keeps_human_names_from_a_mapping_file(quirky_tree, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("a first class, alias\nb second class\n")   # LOC_synset_mapping.txt style
+    prepare(str(quirky_tree), str(tmp_path / "named"), workers=1, names_file=str(names), log=lambda *a: None)
+    meta = read_classes(str(tmp_path / "named"))
+    assert meta == {"classes": ["a", "b"], "names": {"a": "first class, alias", "b": "second class"}}
+
+
 def test_rerun_does_no_work(quirky_tree, store):
     out, _ = store
     before = {f: os.stat(out / "train" / f).st_mtime_ns for f in ("images.u8", "status.u8", "stats.npz")}
