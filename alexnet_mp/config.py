@@ -2,7 +2,7 @@
 
 Every default cites its source: "§n" is a section of Krizhevsky, Sutskever and
 Hinton (NIPS 2012); "spec §n" is a section of the project's reference notes
-(shared/alexnet-reference.md), which record where the paper and the authors'
+(docs/alexnet-reference.md), which record where the paper and the authors'
 code disagree. A checkpoint stores the final config with `asdict`.
 """
 from dataclasses import asdict, dataclass, field, fields

@@ -69,6 +69,18 @@ def _resume_path(args):
     return args.resume
 
 
+def _resume_state(state, model, optimizer, schedule, sampler, run):
+    """Restore everything but the weights from a training checkpoint; returns (epoch, step, best)."""
+    model.scatter_canonical(state["optimizer"]["velocity"],
+                            lambda p: optimizer.state[p].setdefault("velocity", torch.zeros_like(p)))
+    schedule.load_state_dict(state["lr_scheduler"])
+    sampler.load_state_dict(state["sampler"])
+    rngs = state["rng"]
+    if len(rngs) == run.world:       # another world size keeps its fresh streams
+        ckpt_io.set_rng_state(rngs[run.rank])
+    return state["epoch"], state["step"], state.get("best_val_top1_err", float("inf"))
+
+
 def validate(model, run, store, batch_size, workers):
     loader, _ = eval_loader(store, "val", batch_size, workers, crops=1,
                             replicas=run.replicas, replica=run.replica)
@@ -130,17 +142,14 @@ def _train(args, run):
     path = _resume_path(args)
     if path:
         state = ckpt_io.load(path)
-        ckpt_io.check_classes(ckpt_io.model_state(state), num_classes, path, args.data_path)
-        model.load_canonical_state_dict(state["model"])
-        model.scatter_canonical(state["optimizer"]["velocity"],
-                                lambda p: optimizer.state[p].setdefault("velocity", torch.zeros_like(p)))
-        schedule.load_state_dict(state["lr_scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        start_epoch, step, best = state["epoch"], state["step"], state.get("best_val_top1_err", best)
-        rngs = state["rng"]
-        if len(rngs) == run.world:
-            ckpt_io.set_rng_state(rngs[run.rank])
-        run.log(f"resumed from {path}: epoch {start_epoch}, step {step}")
+        weights = ckpt_io.model_state(state)
+        ckpt_io.check_classes(weights, num_classes, path, args.data_path)
+        model.load_canonical_state_dict(weights)
+        if weights is state:       # a bare state dict: its weights, and a fresh run from them
+            run.log(f"starting from the weights in {path} (a bare state dict: epoch 0, fresh optimizer)")
+        else:
+            start_epoch, step, best = _resume_state(state, model, optimizer, schedule, sampler, run)
+            run.log(f"resumed from {path}: epoch {start_epoch}, step {step}")
     set_lr(optimizer, schedule.lr)
     data_mean = torch.from_numpy(transform.mean.copy())    # predict.py needs it with the weights
     write_metric = _metrics_writer(os.path.join(args.output_dir, "metrics.jsonl"), run)

@@ -214,3 +214,14 @@ def test_diverging_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny_
     _one_line_error(proc, "training diverged; lower --lr")
     assert (out / "checkpoint.pt").read_bytes() == before
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
+
+
+def test_resume_from_a_bare_state_dict_starts_fresh_from_its_weights(tiny_store, tmp_path):
+    bare = AlexNet(10, seed=9)
+    torch.save(bare.state_dict(), tmp_path / "bare.pt")
+    proc = _ok(run_script(train_cmd(tiny_store, tmp_path / "out", "-b", "8", "-j", "0", "--dropout", "0",
+                                    "--lr", "1e-9", "--resume", str(tmp_path / "bare.pt"), "--stop-at-step", "1")))
+    assert "starting from the weights in" in proc.stdout
+    got = model_of(tmp_path / "out")
+    assert got["step"] == 1
+    assert_close_rel(got["model"]["fc6.weight"], bare.state_dict()["fc6.weight"], 1e-5, "fc6")

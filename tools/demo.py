@@ -3,7 +3,7 @@
     python tools/demo.py --output-dir runs/demo
     alexnet-demo --output-dir runs/demo
 
-About 6-7 minutes on a 2-core CPU. The demo set (10 shape classes, 1,200
+About 5 minutes on a 2-core CPU. The demo set (10 shape classes, 1,200
 training and 200 validation images) is generated and prepared once into the
 cache folder. The model, init, LRN, dropout, update rule and augmentation are
 the paper's; the preset below departs from the paper's recipe only where a
