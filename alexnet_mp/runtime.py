@@ -29,7 +29,12 @@ class Run:
         if self.distributed:
             if backend == "nccl":
                 torch.cuda.set_device(self.devices[0])
-            dist.init_process_group(backend)
+            # Keys under this restart's own prefix: after `torchrun --max-restarts` brings
+            # the workers back, they must not read the dead workers' addresses.
+            store, rank, world = next(dist.rendezvous("env://"))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group(backend, store=dist.PrefixStore(f"alexnet_mp/attempt{attempt}", store),
+                                    rank=rank, world_size=world)
             local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
             if self.devices[0] == "cpu":
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))

@@ -225,3 +225,27 @@ def test_resume_from_a_bare_state_dict_starts_fresh_from_its_weights(tiny_store,
     got = model_of(tmp_path / "out")
     assert got["step"] == 1
     assert_close_rel(got["model"]["fc6.weight"], bare.state_dict()["fc6.weight"], 1e-5, "fc6")
+
+
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def test_torchrun_restarts_a_killed_worker_and_carries_on_from_the_checkpoint(tiny_store, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
+    cmd += train_cmd(tiny_store, out, "-b", "8", "-j", "0", "--epochs", "3", "--resume", "auto")
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)                      # waiting for the first epoch's checkpoint
+    workers = _children(proc.pid)
+    assert workers, "no worker processes found"
+    os.kill(workers[-1], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"resumed from {out / 'checkpoint.pt'}" in stdout
+    assert model_of(out)["step"] == 15     # 3 epochs of 40 images at batch 8
