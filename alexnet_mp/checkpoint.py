@@ -11,6 +11,7 @@ import random
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .errors import UsageError
 
 
@@ -20,9 +21,7 @@ class CheckpointError(UsageError):
 
 def atomic_save(obj, path):
     """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load(path):

@@ -13,6 +13,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .atomic import atomic_write
+
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "hstripes", "vstripes", "checker", "diagonal", "dots")
 IMAGE_SIZE = 256
 
@@ -86,7 +88,6 @@ def generate(root, train_per_class=120, val_per_class=20, classes=10, seed=0):
                 if os.path.exists(path):
                     continue
                 rng = np.random.default_rng([seed, split_id, c, i])
-                tmp = path + ".tmp"
-                draw(SHAPES[c], rng, hue=c / classes).save(tmp, format="JPEG", quality=90)
-                os.replace(tmp, path)
+                image = draw(SHAPES[c], rng, hue=c / classes)
+                atomic_write(path, lambda f: image.save(f, format="JPEG", quality=90))
     return root

@@ -24,11 +24,13 @@ def two_device_alexnet(devices=("cuda:0", "cuda:1"), num_classes=1000, *, seed=N
 def rank_alexnet(device, num_classes=1000, *, seed=None, config=None):
     """This rank's column (rank % 2) of replica rank // 2, fc8 replicated.
 
-    All ranks start from the same full weights: initialised from `seed` and then
-    broadcast from the first replica, so every rank agrees even if seeds differ.
+    All ranks start from the same full weights: with a `seed` every rank draws
+    them identically; with seed=None (torch's global generator, which may differ
+    per process) they are broadcast from the first replica instead.
     """
     net = ColumnNet(ProcessExchange(device), num_classes, seed=seed, config=config)
-    net.exchange.sync_parameters(net)
+    if seed is None:
+        net.exchange.sync_parameters(net)
     return net
 
 

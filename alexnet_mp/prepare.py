@@ -18,6 +18,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from .atomic import atomic_write
 from .data import SIZE, Store, StoreError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -111,17 +112,8 @@ def _convert(task):
     return out
 
 
-def _atomic_write(path, write):
-    tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_json(path, data):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-    _atomic_write(path, write)
+    atomic_write(path, lambda f: json.dump(data, f), "w")
 
 
 def convert_split(src, files, labels, folder, workers, fmt="raw", log=print):
@@ -171,8 +163,8 @@ def convert_split(src, files, labels, folder, workers, fmt="raw", log=print):
                 # between the steps leaves at worst unreferenced bytes, never a bad image.
                 packed.flush()
                 if offsets is not None:
-                    _atomic_write(offsets_path, offsets.tofile)
-                _atomic_write(status_path, status.tofile)
+                    atomic_write(offsets_path, offsets.tofile)
+                atomic_write(status_path, status.tofile)
                 done += len(results)
                 rate = done / max(time.time() - start, 1e-9)
                 log(f"  {folder}: {done}/{len(todo)} images, {rate:.0f} img/s, "
@@ -188,7 +180,7 @@ def _write_report(folder, files, failures, fresh):
         with open(path) as f:
             old = dict(line.rstrip("\n").split("\t", 1) for line in f if "\t" in line)
     old.update({files[s]: reason for s, reason in failures.items()})
-    _atomic_write(path, lambda tmp: open(tmp, "w").writelines(f"{k}\t{v}\n" for k, v in sorted(old.items())))
+    atomic_write(path, lambda f: f.writelines(f"{k}\t{v}\n" for k, v in sorted(old.items())), "w")
 
 
 def compute_stats(root, split="train", chunk=32):
@@ -259,7 +251,7 @@ def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", lo
         if split == "train" and (worked or not os.path.isfile(stats_path)):
             log("computing the mean image and RGB PCA over the training images ...")
             stats = compute_stats(out)
-            _atomic_write(stats_path, lambda tmp: np.savez(open(tmp, "wb"), **stats))
+            atomic_write(stats_path, lambda f: np.savez(f, **stats))
     for split, (ok, bad) in counts.items():
         report = f" (listed in {os.path.join(out, split, 'report.txt')})" if bad else ""
         log(f"{split}: {ok} images converted, {bad} could not be decoded{report}")

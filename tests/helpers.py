@@ -36,3 +36,10 @@ def assert_close_rel(got, ref, rtol=1e-5, name=""):
     err = (got.double() - ref.double()).abs().max().item()
     scale = ref.double().abs().max().item()
     assert err <= rtol * max(scale, 1e-12), f"{name}: max error {err:.3g} vs scale {scale:.3g}"
+
+
+def assert_one_line_error(proc, text):
+    """A tool failed the user-facing way: exit 2, one stderr line containing `text`, no traceback."""
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0], proc.stderr

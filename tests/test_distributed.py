@@ -111,3 +111,15 @@ def test_world_size_not_a_multiple_of_two_names_the_factors():
     messages = run_ranks(3, _three_ranks)
     assert all(m.startswith("world size 3 is not a multiple of 2: the two columns need 2 ranks per replica")
                for m in messages)
+
+
+def _unseeded(rank, world):
+    torch.manual_seed(100 + rank)          # each process's global generator differs
+    return rank_alexnet("cpu", NUM_CLASSES).canonical_state_dict()
+
+
+def test_without_a_seed_every_rank_starts_from_the_first_replicas_weights():
+    """A mismatch points to sync_parameters: ranks would start from different networks."""
+    states = run_ranks(4, _unseeded)
+    for state in states[1:]:
+        assert all(torch.equal(state[k], v) for k, v in states[0].items())

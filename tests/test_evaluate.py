@@ -14,7 +14,7 @@ from alexnet_mp.evaluate import errors, predict
 from alexnet_mp.prepare import prepare
 
 from .conftest import run_script
-from .helpers import free_port
+from .helpers import assert_one_line_error, free_port
 
 
 @pytest.fixture(scope="module")
@@ -131,17 +131,11 @@ def test_two_ranks_equal_one_process_and_four_ranks_count_each_image_once(odd_st
         np.testing.assert_allclose([float(r["prob1"]) for r in a], [float(r["prob1"]) for r in b], atol=1e-5)
 
 
-def _one_line_error(proc, text):
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and text in lines[0], proc.stderr
-
-
 def test_bad_checkpoints_and_missing_split_are_one_line(tiny_store, decisive_checkpoint, tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00not a checkpoint" * 10)
     cmd = ["tools/evaluate.py", "--data-path", tiny_store, "-j", "0", "--checkpoint"]
-    _one_line_error(run_script(cmd + [str(corrupt)]), "the file is corrupt or not an alexnet_mp checkpoint")
+    assert_one_line_error(run_script(cmd + [str(corrupt)]), "the file is corrupt or not an alexnet_mp checkpoint")
     torch.save(AlexNet(4, seed=0).state_dict(), tmp_path / "four.pt")
-    _one_line_error(run_script(cmd + [str(tmp_path / "four.pt")]), "has 4 classes but")
-    _one_line_error(run_script(cmd + [decisive_checkpoint[0], "--split", "test"]), "split 'test' is missing")
+    assert_one_line_error(run_script(cmd + [str(tmp_path / "four.pt")]), "has 4 classes but")
+    assert_one_line_error(run_script(cmd + [decisive_checkpoint[0], "--split", "test"]), "split 'test' is missing")

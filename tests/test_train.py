@@ -13,7 +13,7 @@ from alexnet_mp import AlexNet
 from alexnet_mp.optim import LRSchedule, PaperSGD
 
 from .conftest import ROOT, run_script
-from .helpers import assert_close_rel, free_port
+from .helpers import assert_close_rel, assert_one_line_error, free_port
 
 COMMON = ["--epochs", "2", "--checkpoint-minutes", "0", "--print-freq", "1", "--seed", "3"]
 
@@ -103,30 +103,23 @@ def test_sigterm_checkpoints_and_exits_zero_then_resumes(tiny_store, tmp_path):
     assert model_of(out)["step"] == state["step"] + 1
 
 
-def _one_line_error(proc, text):
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and text in lines[0], proc.stderr
-
-
 def test_odd_world_size_is_one_line(tiny_store, tmp_path):
     proc = run_script(train_cmd(tiny_store, tmp_path), env={"RANK": "0", "WORLD_SIZE": "3", "LOCAL_RANK": "0"})
-    _one_line_error(proc, "world size 3 is not a multiple of 2: the two columns need 2 ranks per replica")
+    assert_one_line_error(proc, "world size 3 is not a multiple of 2: the two columns need 2 ranks per replica")
 
 
 def test_checkpoint_with_another_class_count_is_one_line(tiny_store, tmp_path):
     torch.save(AlexNet(5, seed=0).state_dict(), tmp_path / "five.pt")
     proc = run_script(train_cmd(tiny_store, tmp_path / "out", "-b", "8", "--resume", str(tmp_path / "five.pt")))
-    _one_line_error(proc, "has 5 classes but")
+    assert_one_line_error(proc, "has 5 classes but")
 
 
 def test_missing_data_path_and_raw_tree_name_the_fix(tmp_path):
     proc = run_script(train_cmd(str(tmp_path / "nowhere"), tmp_path / "out"))
-    _one_line_error(proc, "no prepared store at")
+    assert_one_line_error(proc, "no prepared store at")
     os.makedirs(tmp_path / "raw" / "train" / "cat")
     proc = run_script(train_cmd(str(tmp_path / "raw"), tmp_path / "out"))
-    _one_line_error(proc, f"prepare it with `python tools/prepare_data.py {tmp_path / 'raw'} PREPARED_DIR`")
+    assert_one_line_error(proc, f"prepare it with `python tools/prepare_data.py {tmp_path / 'raw'} PREPARED_DIR`")
 
 
 def _params(seed=0):
@@ -211,7 +204,7 @@ def test_diverging_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny_
     _ok(run_script(train_cmd(tiny_store, out, "-b", "8", "-j", "0", "--stop-at-step", "1")))
     before = (out / "checkpoint.pt").read_bytes()
     proc = run_script(train_cmd(tiny_store, out, "-b", "8", "-j", "0", "--lr", "1e12"))
-    _one_line_error(proc, "training diverged; lower --lr")
+    assert_one_line_error(proc, "training diverged; lower --lr")
     assert (out / "checkpoint.pt").read_bytes() == before
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
 

@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from alexnet_mp import AlexNet  # noqa: E402
+from alexnet_mp.atomic import atomic_write  # noqa: E402
 from alexnet_mp.optim import PaperSGD, param_groups  # noqa: E402
 
 SECTIONS = ("model", "tworank", "tencrop", "data")
@@ -278,10 +279,7 @@ def main(argv=None):
             print(f"    ours, {fmt:4} store ({sizes[fmt] / 1024:5.0f} KB/image)   {_fmt(dd[fmt])} img/s  "
                   f"{dd[fmt][0] / dd['torchvision'][0]:.2f}x")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=1)
-        os.replace(tmp, args.json)
+        atomic_write(args.json, lambda f: json.dump(res, f, indent=1), "w")
         print(f"wrote {args.json}")
     return 0
 

@@ -16,6 +16,7 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from alexnet_mp.atomic import atomic_write  # noqa: E402
 from alexnet_mp.data import eval_loader  # noqa: E402
 from alexnet_mp.errors import UsageError  # noqa: E402
 from alexnet_mp.evaluate import gather, predict, summary  # noqa: E402
@@ -42,13 +43,6 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def _atomic_text(path, write):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
 def table(res):
     rows = [("this checkpoint, ten-crop" if res["crops"] == 10 else "this checkpoint, centre crop",
              100 * res["top1_err"], 100 * res["top5_err"])]
@@ -73,7 +67,7 @@ def evaluate(args, run):
         return res
     run.log(table(res))
     if args.json:
-        _atomic_text(args.json, lambda f: json.dump(res, f, indent=1))
+        atomic_write(args.json, lambda f: json.dump(res, f, indent=1), "w")
         run.log(f"wrote {args.json}")
     if args.predictions:
         files = loader.dataset.store.files
@@ -83,7 +77,7 @@ def evaluate(args, run):
             w.writerow(["path", "true"] + [f"top{k}" for k in range(1, 6)] + [f"prob{k}" for k in range(1, 6)])
             for i, label, top, prob in zip(result["index"], result["label"], result["top5"], result["prob5"]):
                 w.writerow([files[i], classes[label]] + [classes[t] for t in top] + [f"{p:.6f}" for p in prob])
-        _atomic_text(args.predictions, write)
+        atomic_write(args.predictions, write, "w")
         run.log(f"wrote {args.predictions}")
     return res
 
