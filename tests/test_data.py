@@ -13,7 +13,7 @@ from alexnet_mp.data import (CENTER, EvalTransform, Store, StoreError, TrainTran
                              load_stats, read_classes)
 from alexnet_mp.prepare import prepare
 
-from tools import prepare_data
+from alexnet_mp.cli import prepare_data
 
 
 def _photo(w, h, seed):

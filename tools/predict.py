@@ -6,67 +6,9 @@
 Class names and the mean image come from the training checkpoint (a bare state
 dict needs --data-path STORE). Files that are not images are reported and skipped.
 """
-import argparse
-import os
 import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import torch  # noqa: E402
-
-from alexnet_mp.data import EvalTransform  # noqa: E402
-from alexnet_mp.errors import UsageError  # noqa: E402
-from alexnet_mp.inference import load_for_inference  # noqa: E402
-from alexnet_mp.placement import input_device  # noqa: E402
-from alexnet_mp.prepare import to_256  # noqa: E402
-
-
-def expand(paths):
-    for path in paths:
-        if os.path.isdir(path):
-            for d, _, names in sorted(os.walk(path)):
-                for name in sorted(names):
-                    yield os.path.join(d, name)
-        else:
-            yield path
-
-
-@torch.no_grad()
-def classify(model, image, transform, crops):
-    x = transform(image).reshape(crops, 3, 224, 224).to(input_device(model))
-    return torch.softmax(model(x).float(), dim=1).mean(0).cpu()
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Top-5 classes of images")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data-path", help="prepared store, for a bare state dict's classes and mean image")
-    p.add_argument("--crops", type=int, choices=(1, 10), default=10)
-    args = p.parse_args(argv)
-    try:
-        model, classes, names, mean = load_for_inference(args.checkpoint, args.data_path, need_mean=True)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    transform = EvalTransform(mean, args.crops)
-    failed = 0
-    for path in expand(args.inputs):
-        try:
-            image = to_256(path)
-        except Exception as e:
-            print(f"{path}: not an image ({type(e).__name__}), skipped")
-            failed += 1
-            continue
-        probs = classify(model, image, transform, args.crops)
-        top = probs.topk(min(5, len(classes)))
-        print(path)
-        for prob, i in zip(top.values.tolist(), top.indices.tolist()):
-            label = classes[i] + (f" ({names[classes[i]]})" if classes[i] in names else "")
-            print(f"  {prob:6.3f}  {label}")
-    return 1 if failed and failed == len(list(expand(args.inputs))) else 0
-
+from alexnet_mp.cli.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())
