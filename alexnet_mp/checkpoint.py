@@ -59,15 +59,27 @@ def check_classes(state, expected, path, data_path):
                               f"use a checkpoint trained on this data, or a new --output-dir")
 
 
-def rng_state():
-    """torch, numpy and python RNG states, in types that weights_only loading accepts."""
+def _cuda_devices(model):
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+def rng_state(model):
+    """Every generator a training step draws from, in types that weights_only loading
+    accepts: torch's CPU generator, the generator of every CUDA device the model uses,
+    the columns' dropout streams, numpy's and python's."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "cuda": {str(i): torch.cuda.get_rng_state(i) for i in _cuda_devices(model)},
+            "columns": model.stream_state_dict()}
 
 
-def set_rng_state(state):
+def set_rng_state(state, model):
     torch.set_rng_state(state["torch"])
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    for index in _cuda_devices(model):
+        if str(index) in state.get("cuda", {}):
+            torch.cuda.set_rng_state(state["cuda"][str(index)], index)
+    model.load_stream_state_dict(state.get("columns", {}))

@@ -265,7 +265,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch, self.start, self.seed = state["epoch"], state["start"], state["seed"]
 
 
-def train_loader(store_root, batch_size, workers, seed=0, replicas=1, replica=0, pca_std=0.1):
+def train_loader(store_root, batch_size, workers, seed=0, replicas=1, replica=0, pca_std=0.1, pin_memory=False):
     store = Store(store_root, "train")
     mean, eigval, eigvec = load_stats(store_root)
     transform = TrainTransform(mean, eigval, eigvec, seed, pca_std)
@@ -274,16 +274,17 @@ def train_loader(store_root, batch_size, workers, seed=0, replicas=1, replica=0,
     # RNG (dropout's stream): a resumed run then reproduces an uninterrupted one.
     loader = torch.utils.data.DataLoader(StoreDataset(store, transform), batch_size=batch_size,
                                          sampler=sampler, num_workers=workers, drop_last=True,
-                                         pin_memory=torch.cuda.is_available(),
+                                         pin_memory=pin_memory,
                                          generator=torch.Generator().manual_seed(seed))
     return loader, sampler, transform
 
 
-def eval_loader(store_root, split, batch_size, workers, crops=1, replicas=1, replica=0):
+def eval_loader(store_root, split, batch_size, workers, crops=1, replicas=1, replica=0, pin_memory=False):
+    """Batches of (crops, label) in dataset order; pin_memory only for a CUDA consumer."""
     store = Store(store_root, split)
     mean, _, _ = load_stats(store_root)
     sampler = EpochSampler(len(store), replicas, replica, shuffle=False)
     loader = torch.utils.data.DataLoader(StoreDataset(store, EvalTransform(mean, crops)),
                                          batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                         generator=torch.Generator())
+                                         pin_memory=pin_memory, generator=torch.Generator())
     return loader, sampler

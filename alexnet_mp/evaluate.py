@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .backends import autocast
 from .data import CENTER
 
 
@@ -19,7 +20,7 @@ def _to(batch, device):
 
 
 @torch.no_grad()
-def predict(model, loader, device, crops, log=None, counts_here=True):
+def predict(model, loader, device, crops, log=None, counts_here=True, amp=None):
     """Top-5 classes and probabilities for this process's share of `loader`.
 
     Returns a dict of numpy arrays: `index` (dataset positions), `label`,
@@ -32,7 +33,9 @@ def predict(model, loader, device, crops, log=None, counts_here=True):
     for step, (images, labels) in enumerate(loader):
         n = images.shape[0]
         x = _to(images.reshape(-1, 3, 224, 224), device)
-        probs = torch.softmax(model(x).float(), dim=1).reshape(n, crops, -1).cpu()
+        with autocast(device, amp):
+            logits = model(x)
+        probs = torch.softmax(logits.float(), dim=1).reshape(n, crops, -1).cpu()
         k = min(5, probs.shape[-1])
         avg = probs.mean(dim=1)
         center = probs[:, CENTER if crops == 10 else 0]

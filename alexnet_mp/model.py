@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
-from .layers import ColumnLRN, PaperDropout
+from .layers import ColumnLRN, ColumnStreams, PaperDropout
 
 
 @dataclass(frozen=True)
@@ -192,10 +192,18 @@ class Canonical:
         check_canonical(state, self.config.num_classes)
         self.scatter_canonical(state, lambda p: p)
 
-    def _finish(self, lrn_columns, seed, init):
-        """LRN over `lrn_columns` channel groups per tensor, dropout, and the §5 init."""
+    def stream_state_dict(self):
+        """The columns' dropout streams (every random draw the network makes), for exact resume."""
+        return self.streams.state_dict()
+
+    def load_stream_state_dict(self, state):
+        self.streams.load_state_dict(state)
+
+    def _finish(self, lrn_columns, seed, init, columns, replica=0):
+        """LRN over `lrn_columns` channel groups per tensor, dropout drawing from the
+        streams of `columns` (seeded from (seed, replica, column)), and the §5 init."""
         self.lrn = _lrn(self.config, lrn_columns)
-        self.dropout = PaperDropout(self.config.dropout)
+        self.streams = ColumnStreams(torch.initial_seed() if seed is None else seed, replica, columns)
         if init:
             self.load_canonical_state_dict(
                 init_canonical_state(self.config.num_classes, self.config.init_std, seed))
@@ -216,7 +224,8 @@ class AlexNet(Canonical, nn.Module):
             setattr(self, layer.name, _make_layer(i, 2, groups, self.config.num_classes, "meta"))
         # Built on "meta" and materialised empty: torch's default init would be overwritten anyway.
         _materialise(self, device or "cpu")
-        self._finish(lrn_columns=2, seed=seed, init=init)
+        self._finish(lrn_columns=2, seed=seed, init=init, columns=(0, 1))
+        self.dropout = PaperDropout(self.config.dropout, self.streams, (0, 1))
 
     def forward(self, x):
         x = pad_input(check_input(x, self.config.crop))
@@ -270,7 +279,10 @@ class ColumnNet(Canonical, nn.Module):
         self.columns = nn.ModuleList(Column(c, dev) for c, dev in exchange.local_columns)
         self.fc8 = _make_layer(len(ARCH) - 1, 1, 1, self.config.num_classes, "meta")
         _materialise(self.fc8, exchange.head_device)
-        self._finish(lrn_columns=1, seed=seed, init=init)
+        self._finish(lrn_columns=1, seed=seed, init=init, columns=[c.index for c in self.columns],
+                     replica=getattr(exchange, "replica", 0))
+        for col in self.columns:
+            col.dropout = PaperDropout(self.config.dropout, self.streams, (col.index,))
 
     def _columns_forward(self, x):
         x = pad_input(check_input(x, self.config.crop))
@@ -278,7 +290,7 @@ class ColumnNet(Canonical, nn.Module):
         for layer in COLUMN_LAYERS:
             if layer.reads == "both":
                 hs = self.exchange.share(hs, layer.name)
-            hs = [run_layer(layer, getattr(col, layer.name), h, self.lrn, self.dropout)
+            hs = [run_layer(layer, getattr(col, layer.name), h, self.lrn, col.dropout)
                   for col, h in zip(self.columns, hs)]
         return self.exchange.to_head(hs, HEAD.name)
 

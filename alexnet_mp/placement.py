@@ -5,9 +5,11 @@
 * `rank_alexnet(device, ...)`: one column per process, after `init_process_group`.
 """
 import os
-
+import socket
 
 import torch
+
+from .errors import UsageError
 
 from .exchange import DeviceExchange, ProcessExchange
 from .model import AlexNet, ColumnNet
@@ -45,20 +47,73 @@ def torchrun_env():
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def choose_placement(devices=None, distributed=False, local_rank=0, cuda_count=None, warn=print):
-    """Pick what can run here: ("rank"|"two-device"|"grouped", [device names], backend).
+def local_gpu(local_rank, cuda_count):
+    """The index of the GPU a torchrun rank would use, or None: its local rank's GPU,
+    or the only one it sees (launchers that give each rank one GPU through
+    CUDA_VISIBLE_DEVICES)."""
+    if cuda_count == 1:
+        return 0
+    return local_rank if local_rank < cuda_count else None
+
+
+def gpu_identity(index):
+    """A physical GPU's identity, the same in every process that sees it, whatever its index there."""
+    if index is None:
+        return None
+    props = torch.cuda.get_device_properties(index)
+    return str(getattr(props, "uuid", "")) or f"{socket.gethostname()}/pci{props.pci_bus_id}"
+
+
+def share_identities(store, rank, world, identity):
+    """Every rank's GPU identity (None: no GPU), exchanged through the rendezvous store."""
+    store.set(f"gpu/{rank}", identity or "")
+    return [store.get(f"gpu/{r}").decode() or None for r in range(world)]
+
+
+def job_backend(identities, wanted=None):
+    """One backend for the whole job: ("nccl" | "gloo", warning or None).
+
+    NCCL only when every rank has a GPU of its own: a rank without one, or two ranks
+    on one physical GPU, would otherwise leave a job of mixed NCCL and gloo ranks that
+    hangs. `wanted` is --devices under torchrun: "cuda" turns the fallback into an error.
+    """
+    missing = [r for r, ident in enumerate(identities) if ident is None]
+    shared = sorted({r for r, ident in enumerate(identities)
+                     if ident is not None and identities.index(ident) != r})
+    if wanted == "cpu" or (wanted is None and len(missing) == len(identities)):
+        return "gloo", None            # asked for, or a machine without GPUs: nothing to warn of
+    if not missing and not shared:
+        return "nccl", None
+    reason = (f"rank(s) {_ranks(missing)} have no GPU of their own" if missing
+              else f"rank(s) {_ranks(shared)} share a GPU with a lower rank")
+    if wanted == "cuda":
+        raise UsageError(f"{reason}, so NCCL cannot run: launch at most one rank per GPU "
+                         f"(--nproc_per_node = number of GPUs) or drop --devices cuda to run on the CPU")
+    return "gloo", f"warning: {reason}: every rank runs its column on the CPU under gloo"
+
+
+def _ranks(ranks):
+    return ", ".join(map(str, ranks[:8])) + (", ..." if len(ranks) > 8 else "")
+
+
+def torchrun_wanted(devices):
+    """--devices under torchrun: "cuda" (GPUs required), "cpu" (gloo on the CPU), or None (decide)."""
+    if not devices:
+        return None
+    kinds = {d.strip().split(":")[0] for d in devices.split(",") if d.strip()}
+    if kinds - {"cuda", "cpu"} or len(kinds) != 1:
+        raise UsageError(f"--devices {devices} under torchrun: give 'cuda' (one GPU per rank, NCCL) "
+                         f"or 'cpu' (gloo); each rank takes its own GPU")
+    return kinds.pop()
+
+
+def choose_placement(devices=None, cuda_count=None, warn=print):
+    """Pick what can run in one process: ("two-device"|"grouped", [device names], None).
 
     Requested placements that cannot be hosted fall back to the nearest one that
     can, with a one-line warning, instead of crashing.
     """
     n = torch.cuda.device_count() if cuda_count is None else cuda_count
-    if distributed:
-        if n > local_rank:
-            return "rank", [f"cuda:{local_rank}"], "nccl"
-        if n:
-            warn(f"warning: local rank {local_rank} has no GPU of its own ({n} visible): "
-                 f"running this rank's column on the CPU under gloo")
-        return "rank", ["cpu"], "gloo"
     if devices:
         wanted = [d.strip() for d in devices.split(",") if d.strip()]
         missing = [d for d in wanted if d.startswith("cuda") and

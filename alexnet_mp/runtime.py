@@ -5,7 +5,8 @@ import torch
 import torch.distributed as dist
 
 from .errors import UsageError
-from .placement import choose_placement, torchrun_env
+from .placement import (choose_placement, gpu_identity, job_backend, local_gpu, share_identities, torchrun_env,
+                        torchrun_wanted)
 
 
 class TrainingError(UsageError):
@@ -24,26 +25,38 @@ class Run:
         if self.distributed and self.world % 2:
             raise TrainingError(f"world size {self.world} is not a multiple of 2: the two columns need "
                                 f"2 ranks per replica (use --nproc_per_node=2, or an even total)")
-        self.placement, self.devices, backend = choose_placement(devices, self.distributed, local_rank,
-                                                                 warn=self.log)
+        backend = None
         if self.distributed:
-            if backend == "nccl":
-                torch.cuda.set_device(self.devices[0])
-            # Keys under this restart's own prefix: after `torchrun --max-restarts` brings
-            # the workers back, they must not read the dead workers' addresses.
-            store, rank, world = next(dist.rendezvous("env://"))
-            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-            dist.init_process_group(backend, store=dist.PrefixStore(f"alexnet_mp/attempt{attempt}", store),
-                                    rank=rank, world_size=world)
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            if self.devices[0] == "cpu":
-                torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+            backend = self._join(devices, local_rank)
+        else:
+            self.placement, self.devices, _ = choose_placement(devices, warn=self.log)
         self.replicas = self.world // 2 if self.distributed else 1
         self.replica = self.rank // 2 if self.distributed else 0
         self.column = self.rank % 2 if self.distributed else 0
         where = ", ".join(self.devices) if self.placement != "rank" else \
             f"{self.world} processes ({self.replicas} replica(s) x 2 columns, {backend})"
         self.log(f"placement: {self.placement} on {where}")
+
+    def _join(self, devices, local_rank):
+        """Rendezvous, agree on one backend for every rank, and start the process group."""
+        wanted = torchrun_wanted(devices)
+        # Keys under this restart's own prefix: after `torchrun --max-restarts` brings
+        # the workers back, they must not read the dead workers' addresses.
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"alexnet_mp/attempt{attempt}", store)
+        gpu = None if wanted == "cpu" else local_gpu(local_rank, torch.cuda.device_count())
+        backend, warning = job_backend(share_identities(store, rank, world, gpu_identity(gpu)), wanted)
+        if warning:
+            self.log(warning)
+        self.placement, self.devices = "rank", [f"cuda:{gpu}" if backend == "nccl" else "cpu"]
+        if backend == "nccl":
+            torch.cuda.set_device(self.devices[0])
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+        if backend == "gloo":
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        return backend
 
     @property
     def device(self):

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 from . import checkpoint as ckpt_io
+from .backends import amp_note, autocast, configure
 from .config import ModelConfig, TrainConfig, to_dict
 from .data import eval_loader, read_classes, train_loader
 from .evaluate import errors, gather, predict
@@ -77,14 +78,14 @@ def _resume_state(state, model, optimizer, schedule, sampler, run):
     sampler.load_state_dict(state["sampler"])
     rngs = state["rng"]
     if len(rngs) == run.world:       # another world size keeps its fresh streams
-        ckpt_io.set_rng_state(rngs[run.rank])
+        ckpt_io.set_rng_state(rngs[run.rank], model)
     return state["epoch"], state["step"], state.get("best_val_top1_err", float("inf"))
 
 
-def validate(model, run, store, batch_size, workers):
+def validate(model, run, store, batch_size, workers, amp=None):
     loader, _ = eval_loader(store, "val", batch_size, workers, crops=1,
-                            replicas=run.replicas, replica=run.replica)
-    result = gather(predict(model, loader, input_device(model), crops=1, counts_here=run.column == 0))
+                            replicas=run.replicas, replica=run.replica, pin_memory=run.device.type == "cuda")
+    result = gather(predict(model, loader, input_device(model), crops=1, counts_here=run.column == 0, amp=amp))
     return errors(result)
 
 
@@ -121,17 +122,22 @@ def train(args, log=print):
 
 def _train(args, run):
     cfg = config_from_args(args)
+    for note in configure(run.device, args.tf32, args.deterministic) + amp_note(args.amp):
+        run.log(f"speed mode, departs from the paper's float32 arithmetic: {note}")
     if args.data_path is None:
         args.data_path = demo_store(args.cache_dir, run)
     classes = read_classes(args.data_path)
     num_classes = len(classes["classes"])
     torch.manual_seed(cfg.seed + run.rank)     # dropout masks: each rank its own stream
     model = build(run.placement, run.devices, num_classes, seed=cfg.seed, config=cfg.model)
+    if run.device.type == "cuda":       # the weights too: cudnn's fastest convs want both channels_last
+        model = model.to(memory_format=torch.channels_last)
     model.train()
     optimizer = PaperSGD(param_groups(model, cfg.weight_decay, cfg.decay_biases), cfg.lr, cfg.momentum)
     schedule = LRSchedule(cfg.lr, cfg.plateau_patience, cfg.lr_drop, cfg.max_lr_drops, cfg.lr_steps)
     loader, sampler, transform = train_loader(args.data_path, cfg.batch_size, args.workers, cfg.seed,
-                                              run.replicas, run.replica, cfg.pca_std)
+                                              run.replicas, run.replica, cfg.pca_std,
+                                              pin_memory=run.device.type == "cuda")
     steps_per_epoch = len(sampler.indices()) // cfg.batch_size
     if steps_per_epoch == 0:
         raise TrainingError(f"{args.data_path} has {sampler.size} training images, fewer than one batch of "
@@ -156,7 +162,7 @@ def _train(args, run):
 
     def save(epoch, to=(ckpt_path,)):
         velocity = model.map_canonical(lambda p: optimizer.state[p].get("velocity", torch.zeros_like(p)))
-        rng = ckpt_io.rng_state()
+        rng = ckpt_io.rng_state(model)
         rngs = [rng]
         if run.distributed:
             rngs = [None] * run.world
@@ -183,8 +189,9 @@ def _train(args, run):
             for images, labels in loader:
                 data_time = time.time() - t_data
                 x, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y.to(logits.device))
+                with autocast(device, args.amp):
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float(), y.to(logits.device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if run.distributed:
@@ -226,7 +233,7 @@ def _train(args, run):
                     last_save = time.time()
                 t_data = time.time()
             sampler.start = 0
-            top1, top5 = validate(model, run, args.data_path, cfg.batch_size, args.workers)
+            top1, top5 = validate(model, run, args.data_path, cfg.batch_size, args.workers, args.amp)
             lr_before = schedule.lr
             set_lr(optimizer, schedule.step(epoch, top1))
             is_best = top1 < best

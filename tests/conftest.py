@@ -20,7 +20,11 @@ def tiny_store(tmp_path_factory):
 
 
 def run_script(args, env=None, timeout=600):
-    """Run a Python command line from the repository root; returns CompletedProcess."""
-    full_env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="2", **(env or {}))
+    """Run a Python command line from the repository root; returns CompletedProcess.
+
+    GPUs are hidden unless `env` shows them: a CPU test must run the CPU placement,
+    and never pick NCCL, on a machine that has GPUs too."""
+    full_env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="2", CUDA_VISIBLE_DEVICES="")
+    full_env.update(env or {})
     return subprocess.run([sys.executable] + args, cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)

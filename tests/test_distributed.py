@@ -20,7 +20,7 @@ def _rank_step(rank, world, mode):
     x, y = batch()
     cfg = NO_DROPOUT if mode == "train" else ModelConfig()
     model = rank_alexnet("cpu", NUM_CLASSES, seed=1, config=cfg)
-    model.train(mode == "train")
+    model.train(mode != "eval")
     replica, replicas = rank // 2, world // 2
     per = x.shape[0] // replicas
     xs, ys = x[replica * per:(replica + 1) * per], y[replica * per:(replica + 1) * per]
@@ -33,7 +33,7 @@ def _rank_step(rank, world, mode):
 def _grouped(mode):
     x, y = batch()
     cfg = NO_DROPOUT if mode == "train" else ModelConfig()
-    model = AlexNet(NUM_CLASSES, seed=1, config=cfg).train(mode == "train")
+    model = AlexNet(NUM_CLASSES, seed=1, config=cfg).train(mode != "eval")
     logits = model(x)
     F.cross_entropy(logits, y).backward()
     return logits.detach(), model.canonical_grads(), model.canonical_state_dict()
@@ -44,10 +44,12 @@ def _assert_grads_close(got, ref):
         assert_close_rel(got[name], ref[name], 1e-5, name)
 
 
-@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("mode", ["eval", "train", "dropout"])
 def test_two_ranks_match_grouped_logits_and_gradients(mode):
     """A mismatch in logits points to the forward gather's column order; in gradients
-    to the gathers' backward (a doubled gradient means a sum where a slice was due)."""
+    to the gathers' backward (a doubled gradient means a sum where a slice was due).
+    With dropout on, each rank draws its column's mask from the stream (seed, replica,
+    column), as the grouped model does: a mismatch there points to the stream seeds."""
     results = run_ranks(2, _rank_step, mode)
     logits, grads, state = _grouped(mode)
     for r in results:

@@ -230,3 +230,67 @@ def test_wrong_class_count_checkpoint_is_refused_with_the_fix():
     state = AlexNet(NUM_CLASSES, seed=0).state_dict()
     with pytest.raises(ValueError, match="checkpoint has 10 classes but the model 20"):
         AlexNet(20, seed=0).load_canonical_state_dict(state)
+
+
+def test_each_column_drops_units_from_its_own_stream():
+    """Seeding the global generator alone would give two GPUs the same masks: unit i of
+    column 0 dropped exactly when unit i of column 1 is. Agreement must be about half."""
+    model = two_device_alexnet(("cpu", "cpu"), NUM_CLASSES, seed=5).train()
+    ones = torch.ones(64, 2048)
+    m0, m1 = (col.dropout(ones) for col in model.columns)
+    gens = model.streams.generators
+    assert set(gens) == {0, 1} and gens[0] is not gens[1]
+    agree = (m0 == m1).float().mean().item()
+    assert 0.48 < agree < 0.52, agree
+    assert 0.48 < m0.mean().item() < 0.52
+
+
+def test_grouped_and_two_device_draw_the_same_dropout_masks_from_one_seed():
+    """The per-column stream rule is the same in every placement: with dropout on, the two
+    placements compute the same training forward. A mismatch points to the streams' seeds
+    or to the grouped model splitting its fc6/fc7 outputs into columns in another order."""
+    x = images(3)
+    grouped = AlexNet(NUM_CLASSES, seed=2)
+    split = two_device_alexnet(("cpu", "cpu"), NUM_CLASSES, seed=2)
+    torch.testing.assert_close(split.train()(x), grouped.train()(x), rtol=1e-5, atol=1e-6)
+    other = AlexNet(NUM_CLASSES, seed=3)
+    other.load_canonical_state_dict(grouped.canonical_state_dict())
+    assert not torch.equal(other.train()(x), grouped.train()(x))   # another seed, other masks
+
+
+def test_under_bf16_autocast_the_lrn_runs_in_float32():
+    """In bf16 the LRN's output is about 1.5% off; it must take float32 and give float32."""
+    x = (torch.rand(2, 96, 6, 6) * 100).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = column_lrn(x, 2)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), numpy_lrn(x.float().numpy(), 2), rtol=1e-6, atol=1e-6)
+    model = AlexNet(NUM_CLASSES, seed=0)
+    outputs = []
+    model.lrn.register_forward_hook(lambda m, i, o: outputs.append((i[0].dtype, o.dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model.train()(images(2))
+    assert outputs == [(torch.bfloat16, torch.float32)] * 2      # conv1's and conv2's, fed bf16 convs
+    F.cross_entropy(logits.float(), torch.arange(2)).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_the_fused_lrn_kernels_equal_the_eager_ones():
+    """The compiled LRN is what a GPU runs; here inductor's CPU backend compiles the same code.
+    A mismatch points to lrn_forward_pure/lrn_backward_pure, not to the compiler."""
+    from alexnet_mp.layers import _lrn_backward_eager, _lrn_forward_eager, _rows, fused_lrn_kernels
+    forward, backward = fused_lrn_kernels()
+    x = (torch.rand(2, 96, 7, 7) * 100).contiguous(memory_format=torch.channels_last)
+    xr, g = _rows(x, 2), torch.randn(2 * 7 * 7, 2, 48)
+    eager = _lrn_forward_eager(xr, 5, 1e-4, 0.75, 2.0)
+    fused = forward(xr, 5, 1e-4, 0.75, 2.0)
+    for a, b in zip(fused, eager):
+        assert_close_rel(a, b, 1e-6)
+    assert_close_rel(backward(g, xr, *fused[1:], 5, 1e-4, 0.75), _lrn_backward_eager(g, xr, *eager[1:], 5, 1e-4, 0.75),
+                     1e-6)
+    np.testing.assert_allclose(_unrows_np(fused[0], x.shape), numpy_lrn(x.numpy(), 2), rtol=1e-5, atol=1e-5)
+
+
+def _unrows_np(rows, shape):
+    n, c, h, w = shape
+    return rows.reshape(n, h, w, c).permute(0, 3, 1, 2).numpy()

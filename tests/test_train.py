@@ -1,5 +1,6 @@
 """Training: placements agree step for step, resumes are exact, faults are handled (spec §3)."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -61,9 +62,12 @@ def test_k_steps_in_ranks_equal_k_steps_grouped(tiny_store, tmp_path, nproc, bat
         assert_close_rel(got - init, ref - init, 1e-2, name)
 
 
-@pytest.mark.parametrize("stop_at, workers", [(3, "0"), (5, "1")])   # mid-epoch; the epoch's last step
-def test_resumed_run_equals_uninterrupted_run_bitwise(tiny_store, tmp_path, stop_at, workers):
-    base = ["-b", "8", "-j", workers]
+@pytest.mark.parametrize("stop_at, workers, devices", [(3, "0", None), (5, "1", None), (3, "0", "cpu,cpu")])
+def test_resumed_run_equals_uninterrupted_run_bitwise(tiny_store, tmp_path, stop_at, workers, devices):
+    """Step 3 is mid-epoch, step 5 the epoch's last. With dropout on, in the grouped and the
+    two-device placement: a mismatch points to a generator the checkpoint does not restore
+    (the columns' dropout streams, or a device's)."""
+    base = ["-b", "8", "-j", workers] + (["--devices", devices] if devices else [])
     _ok(run_script(train_cmd(tiny_store, tmp_path / "full", *base)))
     cut = _ok(run_script(train_cmd(tiny_store, tmp_path / "cut", *base, "--stop-at-step", str(stop_at))))
     assert "checkpoint written" in cut.stdout
@@ -83,7 +87,7 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(tiny_store, tmp_path, stop
 
 def test_sigterm_checkpoints_and_exits_zero_then_resumes(tiny_store, tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="2")
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="2", CUDA_VISIBLE_DEVICES="")
     args = train_cmd(tiny_store, out, "-b", "4", "-j", "0", "--epochs", "50")
     proc = subprocess.Popen([sys.executable] + args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -230,7 +234,7 @@ def test_torchrun_restarts_a_killed_worker_and_carries_on_from_the_checkpoint(ti
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
            "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
     cmd += train_cmd(tiny_store, out, "-b", "8", "-j", "0", "--epochs", "3", "--resume", "auto")
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
@@ -242,3 +246,32 @@ def test_torchrun_restarts_a_killed_worker_and_carries_on_from_the_checkpoint(ti
     assert proc.returncode == 0, stderr[-3000:]
     assert f"resumed from {out / 'checkpoint.pt'}" in stdout
     assert model_of(out)["step"] == 15     # 3 epochs of 40 images at batch 8
+
+
+def _precision():
+    return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+
+
+@pytest.mark.parametrize("flags, expected", [([], ("ieee", "ieee")), (["--tf32"], ("tf32", "tf32"))])
+def test_float32_is_the_default_and_only_tf32_changes_it(tiny_store, tmp_path, capsys, flags, expected):
+    """torch 2.14 runs cudnn convolutions in TF32 unless told otherwise: training must undo
+    that by default and keep TF32 only when asked, saying it departs from the paper."""
+    from alexnet_mp.cli import train
+    before = _precision()
+    try:
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if not flags else "ieee"
+        code = train.main(["--data-path", tiny_store, "--output-dir", str(tmp_path), "-b", "8", "-j", "0",
+                           "--stop-at-step", "1", "--checkpoint-minutes", "0"] + flags)
+        assert code == 0 and _precision() == expected
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before
+    said = capsys.readouterr().out
+    assert ("departs from the paper's float32 arithmetic: TF32" in said) == bool(flags)
+
+
+def test_bf16_autocast_trains_with_a_finite_loss_and_says_it_is_a_speed_mode(tiny_store, tmp_path):
+    proc = _ok(run_script(train_cmd(tiny_store, tmp_path, "-b", "8", "-j", "0", "--stop-at-step", "2",
+                                    "--amp", "bf16")))
+    assert "departs from the paper's float32 arithmetic: bf16 autocast" in proc.stdout
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "metrics.jsonl")]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)

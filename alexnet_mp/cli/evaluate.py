@@ -9,7 +9,9 @@ import os
 import sys
 
 from alexnet_mp.atomic import atomic_write
+from alexnet_mp.backends import amp_note, configure
 from alexnet_mp.cli import tool
+from alexnet_mp.cli.train import add_speed_flags
 from alexnet_mp.data import eval_loader
 from alexnet_mp.evaluate import gather, predict, summary
 from alexnet_mp.inference import load_for_inference
@@ -27,7 +29,9 @@ def parse_args(argv):
     p.add_argument("--data-path", required=True, help="prepared store (tools/prepare_data.py)")
     p.add_argument("--split", default="val")
     p.add_argument("--crops", type=int, choices=(1, 10), default=10)
-    p.add_argument("--devices", help="two devices for the two-device placement, e.g. cuda:0,cuda:1")
+    p.add_argument("--devices", help="two devices for the two-device placement, e.g. cuda:0,cuda:1; under "
+                                     "torchrun 'cuda' or 'cpu'")
+    add_speed_flags(p)
     p.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward (x crops)")
     p.add_argument("-j", "--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--json", help="write the results as JSON here")
@@ -49,11 +53,13 @@ def table(res):
 
 
 def evaluate(args, run):
+    for note in configure(run.device, args.tf32) + amp_note(args.amp):
+        run.log(f"speed mode, departs from the paper's float32 arithmetic: {note}")
     model, classes, _, _ = load_for_inference(args.checkpoint, args.data_path, run.placement, run.devices)
     loader, _ = eval_loader(args.data_path, args.split, args.batch_size, args.workers, args.crops,
-                            run.replicas, run.replica)
+                            run.replicas, run.replica, pin_memory=run.device.type == "cuda")
     result = gather(predict(model, loader, input_device(model), args.crops, log=run.log,
-                            counts_here=run.column == 0))
+                            counts_here=run.column == 0, amp=args.amp))
     res = summary(result, classes, args.checkpoint, args.crops)
     if not run.main:
         return res

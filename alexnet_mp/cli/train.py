@@ -7,6 +7,7 @@ import os
 import sys
 
 from alexnet_mp.config import ModelConfig, TrainConfig
+from alexnet_mp.backends import AMP_DTYPES
 from alexnet_mp.cli import tool
 from alexnet_mp.train import default_cache_dir, demo_store_path, train
 
@@ -24,7 +25,8 @@ def parser():
     p = argparse.ArgumentParser(description="Train the paper's two-column AlexNet")
     p.add_argument("--data-path", help="prepared store (tools/prepare_data.py); default: the demo set")
     p.add_argument("--output-dir", default="runs/alexnet", help="checkpoints and metrics.jsonl")
-    p.add_argument("--devices", help="two devices for the two-device placement, e.g. cuda:0,cuda:1")
+    p.add_argument("--devices", help="two devices for the two-device placement, e.g. cuda:0,cuda:1; under "
+                                     "torchrun 'cuda' (one GPU per rank, else an error) or 'cpu' (gloo)")
     p.add_argument("-b", "--batch-size", type=int, default=PAPER.batch_size, help="images per replica")
     p.add_argument("--epochs", type=int, default=PAPER.epochs)
     p.add_argument("--lr", type=float, default=PAPER.lr)
@@ -45,8 +47,19 @@ def parser():
     p.add_argument("--stop-at-step", type=int, default=0,
                    help="stop cleanly, as on SIGTERM, after this global step (time-boxed jobs, tests)")
     p.add_argument("--seed", type=int, default=PAPER.seed)
+    add_speed_flags(p)
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms only, cudnn autotuning off: GPU runs resume bit for bit")
     p.add_argument("--cache-dir", default=default_cache_dir(), help="where the demo set is generated")
     return p
+
+
+def add_speed_flags(p):
+    """The opt-in speed modes that depart from the paper's float32 arithmetic (README: deviations)."""
+    p.add_argument("--amp", choices=sorted(AMP_DTYPES),
+                   help="autocast speed mode (LRN, softmax and loss stay float32); not the paper's arithmetic")
+    p.add_argument("--tf32", action="store_true",
+                   help="TF32 convolutions and matmuls on Ampere or newer GPUs; not the paper's float32")
 
 
 def train_store_path(argv):
