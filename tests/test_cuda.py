@@ -1,0 +1,232 @@
+"""The GPU suite: `python -m pytest -m cuda`. Every test skips, saying why, without CUDA;
+two- and four-GPU tests skip with fewer GPUs. The default run leaves these out (setup.cfg).
+
+Each test compares the GPU against an independent reference: the CPU placement, the
+numpy LRN formula, an uninterrupted run, or eager mode.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from alexnet_mp import AlexNet, ModelConfig, two_device_alexnet
+from alexnet_mp.backends import configure
+from alexnet_mp.layers import column_lrn
+
+from .conftest import run_script
+from .helpers import assert_close_rel
+from .test_model import numpy_lrn
+from .test_train import model_of, torchrun_cmd, train_cmd
+
+GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(GPUS == 0, reason="no CUDA device visible")]
+two_gpus = pytest.mark.skipif(GPUS < 2, reason=f"needs 2 GPUs, {GPUS} visible")
+four_gpus = pytest.mark.skipif(GPUS < 4, reason=f"needs 4 GPUs, {GPUS} visible")
+NUM_CLASSES = 10
+# Peak memory of one fp32 training step of the grouped net at the paper's batch of 128:
+# weights, gradients and velocity (3 x 244 MB) plus activations and what the LRN keeps.
+# Measured on the CPU: 1.48 GiB of tensors saved for backward, 0.23 GiB each of weights,
+# gradients and velocity; the rest is headroom for backward's temporaries and cudnn.
+MEMORY_BUDGET_GIB = 3.5
+# Subprocesses see no GPU unless told (conftest.run_script); these show all, or only the first.
+SHOW_GPUS = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(GPUS))))}
+FIRST_GPU = {"CUDA_VISIBLE_DEVICES": SHOW_GPUS["CUDA_VISIBLE_DEVICES"].split(",")[0]}
+
+
+@pytest.fixture(autouse=True)
+def float32():
+    """The paper's arithmetic for every comparison (TF32 off), restored afterwards."""
+    before = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    configure("cuda")
+    yield
+    torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before
+    configure("cpu")
+
+
+def images(n, seed=0, device="cpu"):
+    return (torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(seed)) * 60).to(device)
+
+
+def _step(model, x, y):
+    """One training forward and backward in float64: (logits, canonical gradients).
+
+    Gradients are compared in float64 because in float32 two devices' rounding (1e-7)
+    can flip which of two nearly equal inputs a max-pool picks, and the gradient then
+    flows to the other one: conv1's gradient moves by 1% with nothing wrong (measured
+    on the CPU between two LRN kernels that agree to 1e-7). In float64 no tie is that close.
+    """
+    model = model.double()
+    logits = model.train()(x.double())
+    F.cross_entropy(logits, y.to(logits.device)).backward()
+    return logits.detach().cpu(), model.canonical_grads()
+
+
+def _assert_same_step(got, ref, rtol=1e-8):
+    assert_close_rel(got[0], ref[0], rtol, "logits")
+    for name in ref[1]:
+        assert_close_rel(got[1][name], ref[1][name], rtol, name)
+
+
+def test_grouped_on_cuda_equals_grouped_on_cpu():
+    """A float32 mismatch beyond 1e-5 points to TF32 left on (about 1e-3); a float64 one to a
+    kernel the GPU runs differently (the fused LRN, a layout)."""
+    cfg, x, y = ModelConfig(dropout=0.0), images(4), torch.arange(4)
+    with torch.no_grad():
+        ref32 = AlexNet(NUM_CLASSES, seed=1, config=cfg).eval()(x)
+        got32 = AlexNet(NUM_CLASSES, seed=1, config=cfg, device="cuda:0").eval()(x.cuda()).cpu()
+    assert_close_rel(got32, ref32, 1e-5, "float32 logits")
+    ref = _step(AlexNet(NUM_CLASSES, seed=1, config=cfg), x, y)
+    got = _step(AlexNet(NUM_CLASSES, seed=1, config=cfg, device="cuda:0"), x.cuda(), y)
+    _assert_same_step(got, ref)
+
+
+def test_lrn_on_cuda_is_the_formula_and_its_gradient_passes_gradcheck():
+    x = torch.rand(2, 96, 6, 6) * 100
+    got = column_lrn(x.cuda().contiguous(memory_format=torch.channels_last), 2).cpu().numpy()
+    np.testing.assert_allclose(got, numpy_lrn(x.numpy(), 2), rtol=1e-5, atol=1e-5)
+    x64 = (torch.rand(2, 12, 3, 3, dtype=torch.float64, device="cuda") * 20).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: column_lrn(t, 2, alpha=0.5), (x64,))
+
+
+def test_two_device_placement_across_cuda_and_cpu_equals_grouped_and_crosses_four_times():
+    cfg, x, y = ModelConfig(dropout=0.0), images(3), torch.arange(3)
+    ref = _step(AlexNet(NUM_CLASSES, seed=1, config=cfg), x, y)
+    model = two_device_alexnet(("cuda:0", "cpu"), NUM_CLASSES, seed=1, config=cfg, record_crossings=True)
+    got = _step(model, x.cuda(), y)
+    _assert_same_step(got, ref)
+    points = [p for p, _, _ in model.exchange.crossings]
+    assert sorted(points) == ["conv3", "conv3", "fc6", "fc6", "fc7", "fc7", "fc8"]
+
+
+@two_gpus
+def test_two_gpus_equal_grouped_and_their_dropout_masks_agree_about_half_the_time():
+    """Both GPUs seeded alike would drop the same units in both columns (agreement 1.0)."""
+    cfg, x, y = ModelConfig(dropout=0.0), images(3), torch.arange(3)
+    ref = _step(AlexNet(NUM_CLASSES, seed=1, config=cfg), x, y)
+    _assert_same_step(_step(two_device_alexnet(("cuda:0", "cuda:1"), NUM_CLASSES, seed=1, config=cfg),
+                            x.cuda(), y), ref)
+    model = two_device_alexnet(("cuda:0", "cuda:1"), NUM_CLASSES, seed=1).train()
+    m0, m1 = (col.dropout(torch.ones(64, 2048, device=f"cuda:{col.index}")).cpu() for col in model.columns)
+    assert 0.48 < (m0 == m1).float().mean().item() < 0.52
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _assert_runs_equal(a, b):
+    for name, tensor in a["model"].items():
+        assert torch.equal(b["model"][name], tensor), name
+    for name, tensor in a["optimizer"]["velocity"].items():
+        assert torch.equal(b["optimizer"]["velocity"][name], tensor), name
+
+
+def _resume_matches(tiny_store, tmp_path, launch, extra, env):
+    """An interrupted and resumed run against an uninterrupted one, bit for bit, dropout on."""
+    base = ["-b", "8", "-j", "0", "--deterministic"] + extra
+    full = _ok(run_script(launch(tiny_store, tmp_path / "full", *base), env=env))
+    _ok(run_script(launch(tiny_store, tmp_path / "cut", *base, "--stop-at-step", "3"), env=env))
+    _ok(run_script(launch(tiny_store, tmp_path / "cut", *base, "--resume", "auto"), env=env))
+    a, b = model_of(tmp_path / "full"), model_of(tmp_path / "cut")
+    assert a["step"] == b["step"] == 10
+    _assert_runs_equal(a, b)
+    return full
+
+
+def test_resumed_grouped_run_on_cuda_equals_an_uninterrupted_one_bitwise(tiny_store, tmp_path):
+    """A mismatch points to a CUDA generator or column stream the checkpoint does not restore,
+    or to a nondeterministic kernel that --deterministic failed to exclude."""
+    full = _resume_matches(tiny_store, tmp_path, train_cmd, [], FIRST_GPU)
+    assert "placement: grouped on cuda:0" in full.stdout
+
+
+@two_gpus
+def test_resumed_nccl_run_equals_an_uninterrupted_one_bitwise(tiny_store, tmp_path):
+    full = _resume_matches(tiny_store, tmp_path, lambda *a: torchrun_cmd(2, *a), ["--devices", "cuda"], SHOW_GPUS)
+    assert "nccl" in full.stdout
+
+
+@pytest.mark.parametrize("nproc", [pytest.param(2, marks=two_gpus), pytest.param(4, marks=four_gpus)])
+def test_nccl_ranks_equal_grouped_after_k_steps(tiny_store, tmp_path, nproc):
+    stop = ["--dropout", "0", "--stop-at-step", "3", "-j", "0", "--lr", "0.001", "--deterministic"]
+    _ok(run_script(train_cmd(tiny_store, tmp_path / "grouped", "-b", "8", *stop)))     # the CPU reference
+    ranks = _ok(run_script(torchrun_cmd(nproc, tiny_store, tmp_path / "ranks", "-b", str(8 // (nproc // 2)),
+                                        "--devices", "cuda", *stop), env=SHOW_GPUS))
+    assert "nccl" in ranks.stdout
+    grouped, got = model_of(tmp_path / "grouped"), model_of(tmp_path / "ranks")
+    for name, tensor in grouped["model"].items():
+        assert_close_rel(got["model"][name], tensor, 1e-5, name)
+
+
+def test_bf16_autocast_trains_with_a_finite_loss_and_a_float32_lrn():
+    model = AlexNet(NUM_CLASSES, seed=0, device="cuda:0")
+    dtypes = []
+    model.lrn.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = images(8, device="cuda:0"), torch.arange(8, device="cuda:0") % NUM_CLASSES
+    for _ in range(3):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model.train()(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss).item()
+    assert set(dtypes) == {torch.float32} and logits.dtype == torch.bfloat16
+
+
+def test_compiled_model_and_compiled_lrn_equal_eager():
+    """The fused LRN runs on CUDA by default; torch.compile of the whole net must agree too."""
+    from alexnet_mp.layers import _lrn_backward_eager, _lrn_forward_eager, _rows, fused_lrn_kernels
+    x = (torch.rand(2, 96, 7, 7, device="cuda") * 100).contiguous(memory_format=torch.channels_last)
+    xr, g = _rows(x, 2), torch.randn(2 * 7 * 7, 2, 48, device="cuda")
+    forward, backward = fused_lrn_kernels()
+    fused, eager = forward(xr, 5, 1e-4, 0.75, 2.0), _lrn_forward_eager(xr, 5, 1e-4, 0.75, 2.0)
+    for a, b in zip(fused, eager):
+        assert_close_rel(a, b, 1e-6)
+    assert_close_rel(backward(g, xr, *fused[1:], 5, 1e-4, 0.75),
+                     _lrn_backward_eager(g, xr, *eager[1:], 5, 1e-4, 0.75), 1e-6)
+    cfg, x, y = ModelConfig(dropout=0.0), images(4, device="cuda:0"), torch.arange(4)
+    ref = _step(AlexNet(NUM_CLASSES, seed=1, config=cfg, device="cuda:0"), x, y)
+    compiled = AlexNet(NUM_CLASSES, seed=1, config=cfg, device="cuda:0").double()
+    logits = torch.compile(compiled).train()(x.double())
+    F.cross_entropy(logits, y.cuda()).backward()
+    _assert_same_step((logits.detach().cpu(), compiled.canonical_grads()), ref)
+
+
+def test_evaluate_on_cuda_gives_the_cpus_errors(tiny_store, tmp_path):
+    model = AlexNet(NUM_CLASSES, seed=2)
+    with torch.no_grad():
+        model.fc8.weight.mul_(40)         # answers far from ties, so rounding cannot flip one
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    results = {}
+    for name, env in (("cpu", {}), ("cuda", SHOW_GPUS)):
+        out = tmp_path / f"{name}.json"
+        _ok(run_script(["tools/evaluate.py", "--checkpoint", str(tmp_path / "bare.pt"), "--data-path", tiny_store,
+                        "-j", "0", "--json", str(out)], env=env))
+        results[name] = json.loads(out.read_text())
+    for key in ("top1_err", "top5_err", "center_top1_err", "center_top5_err", "num_images"):
+        assert results["cuda"][key] == results["cpu"][key], key
+
+
+def test_quick_benchmark_runs_on_cuda(tmp_path):
+    proc = _ok(run_script(["tools/benchmark.py", "--quick", "--json", str(tmp_path / "b.json")], env=SHOW_GPUS))
+    assert json.loads((tmp_path / "b.json").read_text())["device"] != "cpu"
+    assert "(a) torchvision alexnet" in proc.stdout
+
+
+def test_peak_memory_of_a_batch_128_training_step_stays_within_budget():
+    model = AlexNet(1000, seed=0, device="cuda:0").to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x, y = images(128, device="cuda:0"), torch.arange(128, device="cuda:0")
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):                    # the second step holds the velocity too
+        F.cross_entropy(model.train()(x), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    assert peak < MEMORY_BUDGET_GIB, f"peak {peak:.2f} GiB"
