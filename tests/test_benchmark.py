@@ -1,6 +1,8 @@
 """The benchmark's --quick smoke run: every section runs and the JSON has its ratios (no goals checked)."""
 import json
 
+import torch
+
 from .conftest import run_script
 
 
@@ -11,4 +13,17 @@ def test_quick_benchmark_writes_every_ratio(tmp_path):
     res = json.loads(out.read_text())
     for key in ("train_ratio", "eval_ratio", "two_rank_ratio", "tencrop_cost", "data_ratio"):
         assert res[key] > 0, key
+    assert 0 < res["lrn_share_of_train_step"] < 1
+    assert res["amp"] is None and res["tf32"] is False
     assert "(a) torchvision alexnet" in proc.stdout and "ten-crop costs" in proc.stdout
+    assert "(c) 2-rank placement (2 gloo processes, CPU)" in proc.stdout
+
+
+def test_the_two_rank_row_never_sets_a_cpu_gloo_pair_against_a_gpu(monkeypatch):
+    """With one GPU the (c) row is skipped: two gloo processes on the CPU against a GPU is no ratio."""
+    from alexnet_mp.cli.benchmark import tworank_label
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert tworank_label(torch.device("cuda")) is None
+    assert "gloo processes, CPU" in tworank_label(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert tworank_label(torch.device("cuda")) == "(c) two-device placement (cuda:0, cuda:1)"

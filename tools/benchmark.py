@@ -2,13 +2,17 @@
 
     python tools/benchmark.py --json bench.json            # every section
     python tools/benchmark.py model tencrop -b 32           # chosen sections
+    python tools/benchmark.py -b 128 --amp bf16             # on a GPU: the bf16 speed mode
     python tools/benchmark.py --quick                      # a short smoke run (CI), no goals checked
 
 Sections: model (torchvision alexnet vs the grouped placement, train and eval),
-tworank (2 gloo processes, or two GPUs, vs grouped), tencrop (ten-crop vs
+tworank (2 gloo processes on the CPU, or the two-device placement on two GPUs,
+vs grouped; skipped on a machine with one GPU), tencrop (ten-crop vs
 centre-crop evaluation), data (our training pipeline vs a torchvision-style one,
-per worker process). Each figure is the median of --repeats timed runs after a
-warm-up; the spread (min..max) is printed beside it.
+per worker process), lrn (the two LRN layers' share of a training step). Each
+figure is the median of --repeats timed runs after a warm-up; the spread
+(min..max) is printed beside it. Float32 unless --tf32 or --amp asks for a
+speed mode; on a GPU, channels_last and cudnn autotuning, as training uses.
 """
 import sys
 

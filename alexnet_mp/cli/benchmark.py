@@ -16,58 +16,59 @@ from torch.nn import functional as F
 
 from alexnet_mp import AlexNet
 from alexnet_mp.atomic import atomic_write
+from alexnet_mp.backends import amp_note, autocast, configure, synchronize
 from alexnet_mp.cli import tool
+from alexnet_mp.cli.train import add_speed_flags
 from alexnet_mp.optim import PaperSGD, param_groups
 
-SECTIONS = ("model", "tworank", "tencrop", "data")
+SECTIONS = ("model", "tworank", "tencrop", "data", "lrn")
+
+
+def _all_devices():
+    """Every device a timed function may have queued work on (both GPUs of a two-device model)."""
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
 def timed(fns, repeats, warmup=1):
     """For each of `fns`, (median, min, max) seconds of a call after `warmup`
     untimed calls. The functions take turns in every repeat, so that the
-    machine's drift (this 2-core box varies by 10-20%) lands on all of them alike."""
+    machine's drift (this 2-core box varies by 10-20%) lands on all of them alike.
+    Every GPU is synchronised before each clock read: otherwise a clock times the
+    launches, or the previous function's queued work."""
     for fn in fns:
         for _ in range(warmup):
             fn()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, ts in zip(fns, times):
+            synchronize(_all_devices())
             t = time.perf_counter()
             fn()
+            synchronize(_all_devices())
             ts.append(time.perf_counter() - t)
     return [(statistics.median(ts), min(ts), max(ts)) for ts in times]
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device, amp):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
-
-
 def model_steps(model, optimizer, x, y, steps, amp=None):
-    """(train, eval) functions that each run `steps` batches."""
+    """(train, eval) functions that each run `steps` batches; the loss in float32 as training does."""
     device = x.device
 
     def train_steps():
         model.train()
         for _ in range(steps):
-            with _autocast(device, amp):
-                loss = F.cross_entropy(model(x), y)
+            with autocast(device, amp):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        _sync(device)
 
     @torch.no_grad()
     def eval_steps():
         model.eval()
         for _ in range(steps):
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 model(x)
-        _sync(device)
     return train_steps, eval_steps
 
 
@@ -99,28 +100,38 @@ def bench_models(args, device):
     return {"torchvision": (tv_t, tv_e), "grouped": (our_t, our_e)}
 
 
-def _tworank_worker(rank, port, batch, steps, repeats, threads, path):
+def _tworank_worker(rank, port, batch, steps, repeats, threads, path, amp):
     import torch.distributed as dist
     from alexnet_mp import rank_alexnet
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     model = rank_alexnet("cpu", 1000, seed=0)
     x, y = _batch(batch, torch.device("cpu"))
-    result = images_per_s(model_steps(model, PaperSGD(param_groups(model, 5e-4), lr=1e-4), x, y, steps),
+    result = images_per_s(model_steps(model, PaperSGD(param_groups(model, 5e-4), lr=1e-4), x, y, steps, amp),
                           batch * steps, repeats)
     if rank == 0:
         torch.save(result, path)
     dist.destroy_process_group()
 
 
+def tworank_label(device):
+    """What the (c) row measures here, or None where nothing comparable can run: a CPU
+    gloo pair is never set against a GPU."""
+    if device.type != "cuda":
+        return "(c) 2-rank placement (2 gloo processes, CPU)"
+    if torch.cuda.device_count() >= 2:
+        return "(c) two-device placement (cuda:0, cuda:1)"
+    return None
+
+
 def bench_tworank(args, device):
-    """Two columns in two gloo processes, the machine's threads shared between them."""
-    if device.type == "cuda" and torch.cuda.device_count() >= 2:
+    """Both columns on two GPUs in one process, or in two gloo processes sharing the CPU's threads."""
+    if device.type == "cuda":
         from alexnet_mp import two_device_alexnet
-        model = two_device_alexnet(("cuda:0", "cuda:1"), 1000, seed=0)
-        x, y = _batch(args.batch_size, torch.device("cuda:0"))
-        return images_per_s(model_steps(model, PaperSGD(param_groups(model, 5e-4), lr=1e-4), x, y, args.steps),
-                            args.batch_size * args.steps, args.repeats)
+        model = two_device_alexnet(("cuda:0", "cuda:1"), 1000, seed=0).to(memory_format=torch.channels_last)
+        x, y = _batch(args.batch_size, torch.device("cuda:0"), True)
+        return images_per_s(model_steps(model, PaperSGD(param_groups(model, 5e-4), lr=1e-4), x, y, args.steps,
+                                        args.amp), args.batch_size * args.steps, args.repeats)
     import socket
 
     import torch.multiprocessing as mp
@@ -130,7 +141,7 @@ def bench_tworank(args, device):
     threads = max(1, torch.get_num_threads() // 2)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "r.pt")
-        mp.spawn(_tworank_worker, args=(port, args.batch_size, args.steps, args.repeats, threads, path),
+        mp.spawn(_tworank_worker, args=(port, args.batch_size, args.steps, args.repeats, threads, path, args.amp),
                  nprocs=2, join=True)
         return torch.load(path, weights_only=True)
 
@@ -146,9 +157,30 @@ def bench_tencrop(args, device):
     for crops, images in ((1, crops10[:, 4].contiguous()), (10, crops10)):
         data = torch.utils.data.TensorDataset(images, torch.zeros(n, dtype=torch.long))
         loader = torch.utils.data.DataLoader(data, batch_size=n, sampler=EpochSampler(n, shuffle=False))
-        fns.append(lambda loader=loader, crops=crops: predict(model, loader, device, crops))
+        fns.append(lambda loader=loader, crops=crops: predict(model, loader, device, crops, amp=args.amp))
     one, ten = timed(fns, args.repeats)
     return {1: tuple(t / n for t in one), 10: tuple(t / n for t in ten)}
+
+
+def bench_lrn(args, device):
+    """The LRN's share of a training step: both LRN layers, forward and backward, at the
+    shapes the network feeds them (conv1's and conv2's outputs), against a whole step."""
+    model = AlexNet(1000, seed=0, device=device).to(memory_format=torch.channels_last)
+    x, y = _batch(args.batch_size, device, True)
+    step, _ = model_steps(model, PaperSGD(param_groups(model, 5e-4), lr=1e-4), x, y, args.steps, args.amp)
+    dtype = torch.bfloat16 if args.amp else torch.float32    # what the convs before it would give
+    acts = [torch.rand(args.batch_size, c, hw, hw, device=device, dtype=dtype)
+            .contiguous(memory_format=torch.channels_last).mul_(50).requires_grad_()
+            for c, hw in ((96, 55), (256, 27))]
+
+    def lrn_steps():
+        for _ in range(args.steps):
+            for a in acts:
+                with autocast(device, args.amp):
+                    out = model.lrn(a)
+                out.backward(torch.ones_like(out))
+    t_step, t_lrn = timed([step, lrn_steps], args.repeats)
+    return t_lrn[0] / t_step[0]
 
 
 def _photos(folder, count, rng):
@@ -215,7 +247,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=2, help="batches per timed run")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--amp", choices=("bf16",), help="bf16 autocast on GPU: a speed mode, NOT the paper's arithmetic")
+    add_speed_flags(p)
     p.add_argument("--quick", action="store_true", help="tiny batch, one repeat: a smoke run for CI")
     p.add_argument("--json", help="write the figures and ratios here")
     args = p.parse_args(argv)
@@ -226,53 +258,73 @@ def main(argv=None):
     if args.quick:
         args.batch_size, args.steps, args.repeats = 4, 1, 1
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    notes = configure(device, args.tf32) + amp_note(args.amp)    # float32 unless a speed mode is asked for
     res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{os.cpu_count()}",
            "threads": torch.get_num_threads(), "batch_size": args.batch_size, "torch": torch.__version__,
-           "amp": args.amp, "quick": args.quick}
+           "amp": args.amp, "tf32": args.tf32, "quick": args.quick}
     print(f"device {res['device']}, {res['threads']} threads, batch {args.batch_size}, torch {torch.__version__}"
-          + ("  [--amp bf16: speed mode, departs from the paper]" if args.amp else ""))
-    rows = []
-    if "model" in args.sections or "tworank" in args.sections:
-        m = bench_models(args, device)
-        res["img_per_s"] = {k: {"train": v[0], "eval": v[1]} for k, v in m.items()}
-        res["train_ratio"] = m["grouped"][0][0] / m["torchvision"][0][0]
-        res["eval_ratio"] = m["grouped"][1][0] / m["torchvision"][1][0]
-        rows += [("(a) torchvision alexnet", m["torchvision"], 1.0, 1.0),
-                 ("(b) grouped placement", m["grouped"], res["train_ratio"], res["eval_ratio"])]
-    if "tworank" in args.sections:
-        t = bench_tworank(args, device)
-        res["img_per_s"]["two_rank"] = {"train": t[0], "eval": t[1]}
-        res["two_rank_ratio"] = t[0][0] / m["grouped"][0][0]
-        res["two_rank_eval_ratio"] = t[1][0] / m["grouped"][1][0]
-        rows.append(("(c) 2-rank placement", t, t[0][0] / m["torchvision"][0][0], t[1][0] / m["torchvision"][1][0]))
-    if rows:
-        print(f"\n{'model':28}{'train img/s (spread)':>28}{'eval img/s (spread)':>28}  train/(a)  eval/(a)")
-        for name, (tr, ev), r1, r2 in rows:
-            print(f"{name:28}{_fmt(tr):>28}{_fmt(ev):>28}  {r1:8.2f}x  {r2:7.2f}x")
-        if "two_rank_ratio" in res:
-            print(f"(c)/(b): train {res['two_rank_ratio']:.2f}x, eval {res['two_rank_eval_ratio']:.2f}x")
-    if "tencrop" in args.sections:
-        tc = bench_tencrop(args, device)
-        res["tencrop_cost"] = tc[10][0] / tc[1][0]
-        print(f"\n(d) evaluation, ms per image: centre {1e3 * tc[1][0]:.1f}, ten-crop {1e3 * tc[10][0]:.1f}: "
-              f"ten-crop costs {res['tencrop_cost']:.2f}x the centre crop")
-    if "data" in args.sections:
-        dd, sizes = bench_data(args, device)
-        res["data_img_per_s"] = {k: v[0] for k, v in dd.items()}
-        res["data_bytes_per_image"] = sizes
-        res["data_ratio"] = dd["raw"][0] / dd["torchvision"][0]
-        res["data_ratio_jpeg"] = dd["jpeg"][0] / dd["torchvision"][0]
-        print("\n(e) training input pipeline, one process (= one worker), 500x375 JPEG sources:")
-        print(f"    torchvision ImageFolder+RandomResizedCrop  {_fmt(dd['torchvision'])} img/s  1.00x")
-        for fmt in ("raw", "jpeg"):
-            print(f"    ours, {fmt:4} store ({sizes[fmt] / 1024:5.0f} KB/image)   {_fmt(dd[fmt])} img/s  "
-                  f"{dd[fmt][0] / dd['torchvision'][0]:.2f}x")
+          + "".join(f"  [{n}: speed mode, departs from the paper]" for n in notes))
+    for section, report in (("model", report_models), ("tencrop", report_tencrop), ("data", report_data),
+                            ("lrn", report_lrn)):
+        if section in args.sections or (section == "model" and "tworank" in args.sections):
+            report(args, device, res)
     if args.json:
         atomic_write(args.json, lambda f: json.dump(res, f, indent=1), "w")
         print(f"wrote {args.json}")
     return 0
+
+
+def report_models(args, device, res):
+    m = bench_models(args, device)
+    res["img_per_s"] = {k: {"train": v[0], "eval": v[1]} for k, v in m.items()}
+    res["train_ratio"] = m["grouped"][0][0] / m["torchvision"][0][0]
+    res["eval_ratio"] = m["grouped"][1][0] / m["torchvision"][1][0]
+    rows = [("(a) torchvision alexnet", m["torchvision"], 1.0, 1.0),
+            ("(b) grouped placement", m["grouped"], res["train_ratio"], res["eval_ratio"])]
+    label = tworank_label(device)
+    if "tworank" in args.sections and label is None:
+        res["two_rank"] = f"skipped: {torch.cuda.device_count()} GPU visible, the two-device placement needs 2"
+    elif "tworank" in args.sections:
+        t = bench_tworank(args, device)
+        res["img_per_s"]["two_rank"] = {"train": t[0], "eval": t[1], "what": label}
+        res["two_rank_ratio"] = t[0][0] / m["grouped"][0][0]
+        res["two_rank_eval_ratio"] = t[1][0] / m["grouped"][1][0]
+        rows.append((label, t, t[0][0] / m["torchvision"][0][0], t[1][0] / m["torchvision"][1][0]))
+    width = max(len(r[0]) for r in rows) + 2
+    print(f"\n{'model':{width}}{'train img/s (spread)':>28}{'eval img/s (spread)':>28}  train/(a)  eval/(a)")
+    for name, (tr, ev), r1, r2 in rows:
+        print(f"{name:{width}}{_fmt(tr):>28}{_fmt(ev):>28}  {r1:8.2f}x  {r2:7.2f}x")
+    if "two_rank_ratio" in res:
+        print(f"(c)/(b): train {res['two_rank_ratio']:.2f}x, eval {res['two_rank_eval_ratio']:.2f}x")
+    elif "two_rank" in res:
+        print(f"(c) {res['two_rank']} (a CPU gloo pair is not compared with a GPU)")
+
+
+def report_tencrop(args, device, res):
+    tc = bench_tencrop(args, device)
+    res["tencrop_cost"] = tc[10][0] / tc[1][0]
+    print(f"\n(d) evaluation, ms per image: centre {1e3 * tc[1][0]:.1f}, ten-crop {1e3 * tc[10][0]:.1f}: "
+          f"ten-crop costs {res['tencrop_cost']:.2f}x the centre crop")
+
+
+def report_lrn(args, device, res):
+    res["lrn_share_of_train_step"] = bench_lrn(args, device)
+    kernel = "fused (torch.compile)" if device.type == "cuda" else "eager, in place"
+    print(f"\n(f) the two LRN layers, forward + backward ({kernel}): "
+          f"{100 * res['lrn_share_of_train_step']:.1f}% of a grouped training step")
+
+
+def report_data(args, device, res):
+    dd, sizes = bench_data(args, device)
+    res["data_img_per_s"] = {k: v[0] for k, v in dd.items()}
+    res["data_bytes_per_image"] = sizes
+    res["data_ratio"] = dd["raw"][0] / dd["torchvision"][0]
+    res["data_ratio_jpeg"] = dd["jpeg"][0] / dd["torchvision"][0]
+    print("\n(e) training input pipeline, one process (= one worker), 500x375 JPEG sources:")
+    print(f"    torchvision ImageFolder+RandomResizedCrop  {_fmt(dd['torchvision'])} img/s  1.00x")
+    for fmt in ("raw", "jpeg"):
+        print(f"    ours, {fmt:4} store ({sizes[fmt] / 1024:5.0f} KB/image)   {_fmt(dd[fmt])} img/s  "
+              f"{dd[fmt][0] / dd['torchvision'][0]:.2f}x")
 
 
 if __name__ == "__main__":
