@@ -14,9 +14,13 @@ column normalised only its own maps (N = 48 after conv1, 128 after conv2).
 `column_lrn(x, columns=2)` therefore normalises each half of the channels on
 its own. `nn.LocalResponseNorm` over all channels would mix the columns.
 """
+import os
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 
 def _window_sum(sq, size, out):
@@ -98,10 +102,27 @@ def fused_lrn_kernels():
     """(forward, backward) compiled by torch.compile: one kernel each instead of
     about 22 elementwise launches, which is what the LRN costs on a GPU. Built on
     first use, so importing the package never starts a compiler."""
-    if not _FUSED:
+    if "forward" not in _FUSED:
         _FUSED["forward"] = torch.compile(lrn_forward_pure, fullgraph=True)
         _FUSED["backward"] = torch.compile(lrn_backward_pure, fullgraph=True)
     return _FUSED["forward"], _FUSED["backward"]
+
+
+def _fused_or_eager(which):
+    """The fused kernel, or the eager one, with one warning, where this machine cannot
+    compile it (no Triton, no C compiler). ALEXNET_MP_FUSED_LRN=0 skips the compiler."""
+    eager = _lrn_forward_eager if which == 0 else _lrn_backward_eager
+
+    def call(*args):
+        if not _FUSED.get("broken") and os.environ.get("ALEXNET_MP_FUSED_LRN", "1") != "0":
+            try:
+                return fused_lrn_kernels()[which](*args)
+            except Exception as e:    # the compiler's failures have no common type
+                _FUSED["broken"] = True
+                warnings.warn(f"the fused LRN could not be compiled ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:100] if str(e) else ''}); using the eager kernel")
+        return eager(*args)
+    return call
 
 
 def _kernels(x):
@@ -110,8 +131,8 @@ def _kernels(x):
     (faster there than the compiled one: its cost is memory traffic, not launches)."""
     if torch.compiler.is_compiling():
         return lrn_forward_pure, lrn_backward_pure
-    if x.is_cuda:
-        return fused_lrn_kernels()
+    if x.is_cuda and not is_fake(x):        # fake tensors (placement tests) have nothing to compile for
+        return _fused_or_eager(0), _fused_or_eager(1)
     return _lrn_forward_eager, _lrn_backward_eager
 
 

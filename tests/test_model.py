@@ -216,7 +216,7 @@ def test_two_device_placement_crosses_devices_at_exactly_four_points():
         # Fake CUDA tensors raise on any op that mixes cuda:0 and cuda:1.
         model = two_device_alexnet(("cuda:0", "cuda:1"), NUM_CLASSES, record_crossings=True, init=False)
         x = torch.empty(2, 3, 224, 224, device="cuda:0")
-        out = model(x)
+        out = model.eval()(x)      # dropout's per-column CUDA generators need a real device
         assert out.device == torch.device("cuda:0")
         assert model.columns[1].conv5.weight.device == torch.device("cuda:1")
         # (The backward cannot run here: autograd's engine needs a real CUDA context.)
