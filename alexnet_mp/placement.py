@@ -9,7 +9,8 @@ import os
 
 import torch
 
-from .exchange import DeviceExchange, ProcessExchange
+from .config import check_placement
+from .exchange import COLUMNS, DeviceExchange, ProcessExchange
 from .model import AlexNet, ColumnNet
 
 
@@ -45,13 +46,17 @@ def torchrun_env():
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def choose_placement(devices=None, distributed=False, local_rank=0, cuda_count=None, warn=print):
+def choose_placement(devices=None, distributed=False, local_rank=0, cuda_count=None, warn=print, columns=None):
     """Pick what can run here: ("rank"|"two-device"|"grouped", [device names], backend).
 
     Requested placements that cannot be hosted fall back to the nearest one that
-    can, with a one-line warning, instead of crashing.
+    can, with a one-line warning, instead of crashing. The one-column net
+    (`columns=1`) is grouped only: asked for in another placement, it is refused.
     """
     n = torch.cuda.device_count() if cuda_count is None else cuda_count
+    if columns not in (None, COLUMNS):
+        check_placement(columns, "rank" if distributed else "two-device" if devices else "grouped")
+        return "grouped", ["cuda:0" if n else "cpu"], None
     if distributed:
         if n > local_rank:
             return "rank", [f"cuda:{local_rank}"], "nccl"

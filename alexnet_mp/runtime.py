@@ -1,4 +1,5 @@
 """Where this process sits in a launch: placement, rank, replica, and who speaks."""
+import itertools
 import os
 
 import torch
@@ -12,10 +13,13 @@ class TrainingError(UsageError):
     """A problem that stops training, worded as one line with its fix."""
 
 
+_INITS = itertools.count()     # process groups initialised in this process (tools/study.py runs several)
+
+
 class Run:
     """Where this process sits: placement, rank, replica, and whether it speaks."""
 
-    def __init__(self, devices=None, log=print):
+    def __init__(self, devices=None, log=print, columns=None):
         env = torchrun_env()
         self.rank, self.world, local_rank = env or (0, 1, 0)
         self.distributed = env is not None
@@ -25,15 +29,17 @@ class Run:
             raise TrainingError(f"world size {self.world} is not a multiple of 2: the two columns need "
                                 f"2 ranks per replica (use --nproc_per_node=2, or an even total)")
         self.placement, self.devices, backend = choose_placement(devices, self.distributed, local_rank,
-                                                                 warn=self.log)
+                                                                 warn=self.log, columns=columns)
         if self.distributed:
             if backend == "nccl":
                 torch.cuda.set_device(self.devices[0])
             # Keys under this restart's own prefix: after `torchrun --max-restarts` brings
-            # the workers back, they must not read the dead workers' addresses.
+            # the workers back, they must not read the dead workers' addresses; nor must a
+            # second run in the same process (the study) read the first one's.
             store, rank, world = next(dist.rendezvous("env://"))
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-            dist.init_process_group(backend, store=dist.PrefixStore(f"alexnet_mp/attempt{attempt}", store),
+            prefix = f"alexnet_mp/attempt{attempt}/init{next(_INITS)}"
+            dist.init_process_group(backend, store=dist.PrefixStore(prefix, store),
                                     rank=rank, world_size=world)
             local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
             if self.devices[0] == "cpu":

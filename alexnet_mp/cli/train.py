@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from alexnet_mp.config import ModelConfig, TrainConfig
+from alexnet_mp.config import COLUMN_CHOICES, INIT_CHOICES, INPUT_SCALE_CHOICES, ModelConfig, TrainConfig
 from alexnet_mp.cli import tool
 from alexnet_mp.train import default_cache_dir, demo_store_path, train
 
@@ -46,7 +46,25 @@ def parser():
                    help="stop cleanly, as on SIGTERM, after this global step (time-boxed jobs, tests)")
     p.add_argument("--seed", type=int, default=PAPER.seed)
     p.add_argument("--cache-dir", default=default_cache_dir(), help="where the demo set is generated")
+    add_variant_flags(p)
     return p
+
+
+def add_variant_flags(p):
+    """§3's ablations and two failure modes of re-implementations; each departs from the paper when set.
+    --dropout 0 and --pca-std 0 are the other two ablations. All are saved in the checkpoint's config."""
+    v = p.add_argument_group("variants (departures from the paper, for tools/study.py)")
+    v.add_argument("--columns", type=int, choices=COLUMN_CHOICES, default=PAPER_MODEL.columns,
+                   help="1: §3.2's one-GPU net (conv1-4 with 48, 128, 192, 192 kernels; conv5, fc6, fc7 "
+                        "not halved); grouped placement only")
+    v.add_argument("--no-lrn", dest="lrn", action="store_false", help="drop the LRN after conv1 and conv2 (§3.3)")
+    v.add_argument("--pool", type=int, choices=(3, 2), default=PAPER_MODEL.pool_size,
+                   help="max-pool window, stride 2: 3 overlaps (§3.4), 2 does not (map sizes stay 27, 13, 6)")
+    v.add_argument("--input-scale", choices=INPUT_SCALE_CHOICES, default=PAPER_MODEL.input_scale,
+                   help="raw: 0..255 minus the mean image (spec §2); unit: /255 and torchvision's "
+                        "per-channel mean and std (a failure mode)")
+    v.add_argument("--init", choices=INIT_CHOICES, default=PAPER_MODEL.init,
+                   help="paper: N(0, 0.01^2), biases 1/0 (§5); torch: PyTorch's default (a failure mode)")
 
 
 def train_store_path(argv):
