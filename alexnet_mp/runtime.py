@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import UsageError
+from .exchange import COLUMNS
 from .placement import choose_placement, torchrun_env
 
 
@@ -25,7 +26,7 @@ class Run:
         self.distributed = env is not None
         self.main = self.rank == 0
         self.log = log if self.main else (lambda *a, **k: None)
-        if self.distributed and self.world % 2:
+        if self.distributed and self.world % COLUMNS:
             raise TrainingError(f"world size {self.world} is not a multiple of 2: the two columns need "
                                 f"2 ranks per replica (use --nproc_per_node=2, or an even total)")
         self.placement, self.devices, backend = choose_placement(devices, self.distributed, local_rank,
@@ -44,9 +45,9 @@ class Run:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
             if self.devices[0] == "cpu":
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-        self.replicas = self.world // 2 if self.distributed else 1
-        self.replica = self.rank // 2 if self.distributed else 0
-        self.column = self.rank % 2 if self.distributed else 0
+        self.replicas = self.world // COLUMNS if self.distributed else 1
+        self.replica = self.rank // COLUMNS if self.distributed else 0
+        self.column = self.rank % COLUMNS if self.distributed else 0
         where = ", ".join(self.devices) if self.placement != "rank" else \
             f"{self.world} processes ({self.replicas} replica(s) x 2 columns, {backend})"
         self.log(f"placement: {self.placement} on {where}")

@@ -17,6 +17,7 @@ from alexnet_mp import study, study_time
 from alexnet_mp.atomic import atomic_write
 from alexnet_mp.cli import evaluate, tool, train
 from alexnet_mp.config import TrainConfig
+from alexnet_mp.exchange import COLUMNS
 from alexnet_mp.placement import torchrun_env
 from alexnet_mp.train import config_from_args, default_cache_dir, demo_store_path
 
@@ -143,7 +144,7 @@ def estimate(args, budget, todo, store, say):
         say(f"{name:<12} {count:>4} {train_s / 60:>8.1f} m {eval_s / 60:>7.1f} m")
     say(f"estimated {total / 60:.0f} min for {len(todo)} run(s) on {n_train} training and {n_val} validation "
         f"images" + (f" (including about {study_time.DEMO_PREPARE_S} s to make the demo set)" if make else "")
-        + "; data loading and other load on the machine come on top")
+        + "; timed under the machine's load of the moment, with data loading on top")
     return total
 
 
@@ -182,7 +183,8 @@ def main(argv=None):
     args = parse_args(argv)
     variants = study.choose_variants(args.variants)
     budget, budget_argv = resolve_budget(args)
-    distributed = torchrun_env() is not None
+    env = torchrun_env()
+    distributed = env is not None
     rank0 = int(os.environ.get("RANK", "0")) == 0
     say = print if rank0 else (lambda *a, **k: None)
     store = args.data_path or demo_store_path(args.cache_dir)
@@ -193,7 +195,8 @@ def main(argv=None):
         for flag, value, paper, why in STUDY_PRESET:
             say(f"  {flag} {value:<4} (paper: {paper}): {why}")
     print_plan(say, runs, distributed)
-    plan = {"store": os.path.abspath(store), "budget": budget}
+    # Replicas multiply the global batch (README: k replicas of batch b train at k*b): part of the budget.
+    plan = {"store": os.path.abspath(store), "budget": budget, "replicas": env[1] // COLUMNS if env else 1}
     study.check_plan(args.output_dir, plan, write=False)
     if args.dry_run:
         if rank0:
