@@ -40,7 +40,7 @@ class Variant:
 VARIANTS = (
     Variant("baseline", (), "the paper's network and recipe", "", (None, None), "", (False, False), True),
     Variant("columns1", ("--columns", "1"), "one column: conv1-4 with 48, 128, 192, 192 kernels; conv5, fc6, fc7 "
-            "kept (§3.2 footnote)", "§3.2", ("+1.7", "+1.2"), "", (True, True), True),
+            "not halved", "§3.2 footnote", ("+1.7", "+1.2"), "", (True, True), True),
     Variant("no-lrn", ("--no-lrn",), "no LRN after conv1 and conv2", "§3.3", ("+1.4", "+1.2"), "", (True, True), True),
     Variant("pool2", ("--pool", "2"), "max-pool window 2, stride 2: no overlap, same map sizes", "§3.4",
             ("+0.4", "+0.3"), "", (True, True), True),
@@ -86,6 +86,17 @@ def read_json(path):
 
 def write_json(path, obj):
     atomic_write(path, lambda f: json.dump(obj, f, indent=1), "w")
+
+
+def finished_runs(out):
+    """The records of every finished run in a study folder, in the table's order."""
+    records = []
+    for v in VARIANTS:
+        folder = os.path.join(out, v.name)
+        seeds = sorted(int(d[4:]) for d in os.listdir(folder) if d.startswith("seed") and d[4:].isdigit()) \
+            if os.path.isdir(folder) else []
+        records += [r for s in seeds if (r := read_json(os.path.join(run_dir(out, v, s), RUN_RECORD)))]
+    return records
 
 
 def check_plan(out, plan, write=True):
@@ -174,7 +185,7 @@ def describe_budget(budget):
     schedule = (f"lr {budget['lr']:g}, /10 after epoch{'s' if len(steps) > 1 else ''} "
                 f"{', '.join(map(str, steps))}" if steps else
                 f"lr {budget['lr']:g}, /10 after {budget['plateau_patience']} epochs without a new best (§5)")
-    text = f"batch {budget['batch_size']}, {budget['epochs']} epochs, {schedule}"
+    text = f"batch {budget['batch_size']}, {budget['epochs']} epoch{'s' if budget['epochs'] != 1 else ''}, {schedule}"
     return text + (f", stopped after step {budget['stop_at_step']}" if budget["stop_at_step"] else "")
 
 

@@ -157,8 +157,11 @@ def print_plan(say, runs, distributed):
         say(f"{variant.name:<12} {seed:>4}  {status:<10} {' '.join(variant.flags) or '(the paper)'}")
 
 
-def write_outputs(out, variants, seeds, runs, store, budget, wall, say):
-    records = [r for _, _, folder in runs if (r := study.read_json(os.path.join(folder, study.RUN_RECORD)))]
+def write_outputs(out, variants, seeds, store, budget, wall, say):
+    """The table of every finished run in `out`: this invocation's and any an earlier one added."""
+    records = study.finished_runs(out)
+    variants = [v for v in study.VARIANTS if v in variants or any(r["variant"] == v.name for r in records)]
+    seeds = sorted({r["seed"] for r in records} | set(seeds))
     rows = study.summarise(records, variants)
     run_s = sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0) for r in records)
     header = (f"Store `{store}`. Every run: {study.describe_budget(budget)}; seeds {', '.join(map(str, seeds))}; "
@@ -220,7 +223,7 @@ def main(argv=None):
         if record is not None and rank0:
             study.write_json(os.path.join(folder, study.RUN_RECORD), record)
     if rank0:
-        write_outputs(args.output_dir, variants, seeds, runs, store, budget, time.time() - start, say)
+        write_outputs(args.output_dir, variants, seeds, store, budget, time.time() - start, say)
     return 0
 
 
