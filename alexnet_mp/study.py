@@ -57,6 +57,7 @@ VARIANTS = (
 BY_NAME = {v.name: v for v in VARIANTS}
 DEFAULT = tuple(v.name for v in VARIANTS if v.default)
 RUN_RECORD = "run.json"          # written last: its presence marks a finished run
+RUN_FAILED = "run-failed.json"   # a run that failed (a diverging loss, say): in the table, retried next time
 PLAN_FILE = "study-plan.json"    # the budget and store every run of this folder shares
 
 
@@ -89,13 +90,17 @@ def write_json(path, obj):
 
 
 def finished_runs(out):
-    """The records of every finished run in a study folder, in the table's order."""
+    """The records of every finished (or failed) run in a study folder, in the table's order."""
     records = []
     for v in VARIANTS:
         folder = os.path.join(out, v.name)
         seeds = sorted(int(d[4:]) for d in os.listdir(folder) if d.startswith("seed") and d[4:].isdigit()) \
             if os.path.isdir(folder) else []
-        records += [r for s in seeds if (r := read_json(os.path.join(run_dir(out, v, s), RUN_RECORD)))]
+        for s in seeds:
+            folder = run_dir(out, v, s)
+            record = read_json(os.path.join(folder, RUN_RECORD)) or read_json(os.path.join(folder, RUN_FAILED))
+            if record:
+                records.append(record)
     return records
 
 
@@ -204,7 +209,7 @@ def _agrees(cell):
 
 def markdown(rows, header):
     """study.md: the budget, then the table, then how to read it."""
-    lines = [f"# The paper's claims as experiments\n", header, "",
+    lines = ["# The paper's claims as experiments\n", header, "",
              "| variant | what changes | runs | top-1 err % | top-5 err % | Δ top-1 | paper Δ top-1 "
              "| Δ top-5 | paper Δ top-5 | sign agrees (top-1 / top-5) | final train loss |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

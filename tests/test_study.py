@@ -108,3 +108,45 @@ def test_a_run_stopped_by_a_signal_is_not_recorded_as_finished(micro_store, tmp_
     assert torch_load(out / "baseline" / "seed0" / "checkpoint.pt")["step"] == 1
     assert not (out / "baseline" / "seed0" / study.RUN_RECORD).exists()
     assert not (out / "study.json").exists()
+
+
+def test_a_failed_run_is_tabulated_as_failed_and_retried_by_the_next_invocation(micro_store, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """The study's bookkeeping, with the two tools stubbed: no-lrn's training fails once (as a diverging
+    loss does: exit 2), the baseline trains and evaluates."""
+    import torch
+    calls = []
+
+    def fake_train(argv):
+        folder = argv[argv.index("--output-dir") + 1]
+        calls.append(os.path.basename(os.path.dirname(folder)))
+        if "--no-lrn" in argv and calls.count("no-lrn") == 1:
+            return 2
+        os.makedirs(folder, exist_ok=True)
+        torch.save({"epoch": 1, "step": 2}, os.path.join(folder, "checkpoint.pt"))
+        with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+            f.write(json.dumps({"epoch": 0, "step": 2, "loss": 2.0, "val_top1_err": 0.5, "val_top5_err": 0.1}) + "\n")
+        return 0
+
+    def fake_evaluate(argv):
+        result = {"top1_err": 0.25, "top5_err": 0.05, "center_top1_err": 0.3, "center_top5_err": 0.1,
+                  "num_images": 10}
+        json.dump(result, open(argv[argv.index("--json") + 1], "w"))
+        return 0
+    monkeypatch.setattr(study_cli.train, "main", fake_train)
+    monkeypatch.setattr(study_cli.evaluate, "main", fake_evaluate)
+    argv = ["--data-path", micro_store, "--output-dir", str(tmp_path), "--variants", "no-lrn", "--seeds", "1",
+            "--epochs", "1", "-b", "10"]
+    assert study_cli.main(argv) == 0
+    rows = {r["variant"]: r for r in json.load(open(tmp_path / "study.json"))["summary"]}
+    assert (rows["baseline"]["runs"], rows["no-lrn"]["runs"], rows["no-lrn"]["failed"]) == (1, 0, 1)
+    assert rows["baseline"]["top1_err"]["mean"] == pytest.approx(25.0)
+    assert "| no-lrn | no LRN after conv1 and conv2 (§3.3) | 0 (+1 failed) |" in (tmp_path / "study.md").read_text()
+    assert study_cli.main(argv) == 0
+    assert calls == ["baseline", "no-lrn", "no-lrn"]            # the baseline is not trained again
+    rows = {r["variant"]: r for r in json.load(open(tmp_path / "study.json"))["summary"]}
+    assert (rows["no-lrn"]["runs"], rows["no-lrn"]["failed"]) == (1, 0)
+    assert rows["no-lrn"]["top1_err"]["delta"] == pytest.approx(0.0)
+    capsys.readouterr()
+    assert study_cli.main(["--data-path", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.count("no prepared store at") == 1

@@ -11,7 +11,6 @@ from alexnet_mp import AlexNet, ModelConfig, canonical_shapes, two_device_alexne
 from alexnet_mp.cli.train import parser
 from alexnet_mp.config import ConfigError
 from alexnet_mp.data import EvalTransform, Store, TrainTransform, load_stats
-from alexnet_mp.layers import column_lrn
 from alexnet_mp.model import ARCH
 from alexnet_mp.train import config_from_args
 

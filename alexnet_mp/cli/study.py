@@ -17,6 +17,7 @@ from alexnet_mp import study, study_time
 from alexnet_mp.atomic import atomic_write
 from alexnet_mp.cli import evaluate, tool, train
 from alexnet_mp.config import TrainConfig
+from alexnet_mp.data import read_classes
 from alexnet_mp.exchange import COLUMNS
 from alexnet_mp.placement import torchrun_env
 from alexnet_mp.train import config_from_args, default_cache_dir, demo_store_path
@@ -201,6 +202,8 @@ def main(argv=None):
     # Replicas multiply the global batch (README: k replicas of batch b train at k*b): part of the budget.
     plan = {"store": os.path.abspath(store), "budget": budget, "replicas": env[1] // COLUMNS if env else 1}
     study.check_plan(args.output_dir, plan, write=False)
+    if args.data_path is not None:
+        read_classes(args.data_path)        # a missing store: one line now, not one per run
     if args.dry_run:
         if rank0:
             estimate(args, budget, [(v, s) for v, s, d in runs
@@ -221,7 +224,9 @@ def main(argv=None):
             say(f"{variant.name} seed {seed} stopped before its budget: run the same command again to resume it")
             return 0
         if record is not None and rank0:
-            study.write_json(os.path.join(folder, study.RUN_RECORD), record)
+            failed = record["status"] != "ok"
+            os.makedirs(folder, exist_ok=True)          # a run can fail before training made it
+            study.write_json(os.path.join(folder, study.RUN_FAILED if failed else study.RUN_RECORD), record)
     if rank0:
         write_outputs(args.output_dir, variants, seeds, store, budget, time.time() - start, say)
     return 0
