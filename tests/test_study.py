@@ -61,7 +61,7 @@ def test_tiny_study_writes_table_and_figure_and_a_rerun_trains_nothing(micro_sto
     assert study_cli.main(argv + ["--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "baseline        0  to run" in text and "no-lrn          0  to run" in text and "estimated" in text
-    assert not (out / "baseline").exists()
+    assert not out.exists()
     assert study_cli.main(argv) == 0
     summary = json.load(open(out / "study.json"))
     assert [r["variant"] for r in summary["runs"]] == ["baseline", "no-lrn"]

@@ -129,14 +129,19 @@ def estimate(args, budget, todo, store, say):
     say(f"timing one training step and one evaluation forward per network here ({device}, "
         f"{torch.get_num_threads()} threads; batch {budget['batch_size']}, {classes} classes)...")
     timings, rows = {}, {}
+    if todo:       # the process's first network runs slower (allocator, thread pool): time it once unseen
+        study_time.time_network(replace(variant_config(todo[0][0]), num_classes=classes), budget["batch_size"],
+                                classes, device)
     for variant, _ in todo:
         cfg = replace(variant_config(variant), num_classes=classes)
         key = (cfg.columns, cfg.lrn, cfg.pool_size, cfg.pool_stride)
         if key not in timings:
             timings[key] = study_time.time_network(cfg, budget["batch_size"], classes, device)
         rows.setdefault(variant.name, [0, key])[0] += 1
-    os.makedirs(args.output_dir, exist_ok=True)
-    save_s = study_time.time_save(classes, args.output_dir) if todo else 0.0
+    folder = os.path.abspath(args.output_dir)
+    while not os.path.isdir(folder):         # the disk it will write to; a dry run makes no folder
+        folder = os.path.dirname(folder)
+    save_s = study_time.time_save(classes, folder) if todo else 0.0
     total = study_time.DEMO_PREPARE_S if make else 0.0
     say(f"{'variant':<12} {'runs':>4} {'train/run':>10} {'eval/run':>9}")
     for name, (count, key) in rows.items():
