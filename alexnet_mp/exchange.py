@@ -27,6 +27,8 @@ class DeviceExchange:
     (exchange point, from device, to device) when `record=True`.
     """
 
+    columns = COLUMNS
+
     def __init__(self, devices, record=False):
         if len(devices) != COLUMNS:
             raise ValueError(f"{len(devices)} devices given: the two-device placement needs exactly 2")
@@ -109,6 +111,8 @@ class ProcessExchange:
     Every rank creates every subgroup, in the same order, as torch.distributed
     requires.
     """
+
+    columns = COLUMNS
 
     def __init__(self, device):
         world, rank = dist.get_world_size(), dist.get_rank()

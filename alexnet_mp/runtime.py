@@ -1,10 +1,13 @@
 """Where this process sits in a launch: placement, rank, replica, and who speaks."""
+import itertools
 import os
 
 import torch
 import torch.distributed as dist
 
+from .config import check_placement
 from .errors import UsageError
+from .exchange import COLUMNS
 from .placement import (choose_placement, gpu_identity, job_backend, local_gpu, share_identities, torchrun_env,
                         torchrun_wanted)
 
@@ -13,26 +16,30 @@ class TrainingError(UsageError):
     """A problem that stops training, worded as one line with its fix."""
 
 
+_INITS = itertools.count()     # process groups initialised in this process (tools/study.py runs several)
+
+
 class Run:
     """Where this process sits: placement, rank, replica, and whether it speaks."""
 
-    def __init__(self, devices=None, log=print):
+    def __init__(self, devices=None, log=print, columns=None):
         env = torchrun_env()
         self.rank, self.world, local_rank = env or (0, 1, 0)
         self.distributed = env is not None
         self.main = self.rank == 0
         self.log = log if self.main else (lambda *a, **k: None)
-        if self.distributed and self.world % 2:
+        if self.distributed and self.world % COLUMNS:
             raise TrainingError(f"world size {self.world} is not a multiple of 2: the two columns need "
                                 f"2 ranks per replica (use --nproc_per_node=2, or an even total)")
         backend = None
         if self.distributed:
+            check_placement(columns or COLUMNS, "rank")
             backend = self._join(devices, local_rank)
         else:
-            self.placement, self.devices, _ = choose_placement(devices, warn=self.log)
-        self.replicas = self.world // 2 if self.distributed else 1
-        self.replica = self.rank // 2 if self.distributed else 0
-        self.column = self.rank % 2 if self.distributed else 0
+            self.placement, self.devices, _ = choose_placement(devices, warn=self.log, columns=columns)
+        self.replicas = self.world // COLUMNS if self.distributed else 1
+        self.replica = self.rank // COLUMNS if self.distributed else 0
+        self.column = self.rank % COLUMNS if self.distributed else 0
         where = ", ".join(self.devices) if self.placement != "rank" else \
             f"{self.world} processes ({self.replicas} replica(s) x 2 columns, {backend})"
         self.log(f"placement: {self.placement} on {where}")
@@ -41,10 +48,11 @@ class Run:
         """Rendezvous, agree on one backend for every rank, and start the process group."""
         wanted = torchrun_wanted(devices)
         # Keys under this restart's own prefix: after `torchrun --max-restarts` brings
-        # the workers back, they must not read the dead workers' addresses.
+        # the workers back, they must not read the dead workers' addresses; nor must a
+        # second run in the same process (the study) read the first one's.
         store, rank, world = next(dist.rendezvous("env://"))
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = dist.PrefixStore(f"alexnet_mp/attempt{attempt}", store)
+        store = dist.PrefixStore(f"alexnet_mp/attempt{attempt}/init{next(_INITS)}", store)
         gpu = None if wanted == "cpu" else local_gpu(local_rank, torch.cuda.device_count())
         backend, warning = job_backend(share_identities(store, rank, world, gpu_identity(gpu)), wanted)
         if warning:

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from . import checkpoint as ckpt_io
 from .backends import amp_note, autocast, configure
-from .config import ModelConfig, TrainConfig, to_dict
+from .config import ModelConfig, TrainConfig, from_dict, model_differences, to_dict
 from .data import eval_loader, read_classes, train_loader
 from .evaluate import errors, gather, predict
 from .optim import LRSchedule, PaperSGD, param_groups, set_lr
@@ -36,7 +36,10 @@ class StopFlag:
 
 
 def config_from_args(args):
-    model = ModelConfig(dropout=args.dropout, init_std=args.init_std)
+    model = ModelConfig(dropout=args.dropout, init_std=args.init_std,
+                        # §3 ablations and failure modes (cli/train.py's "variants" flags)
+                        columns=args.columns, lrn=args.lrn, pool_size=args.pool, init=args.init,
+                        input_scale=args.input_scale)
     return TrainConfig(batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.wd, decay_biases=args.decay_biases, epochs=args.epochs,
                        plateau_patience=args.plateau_patience, lr_steps=tuple(args.lr_steps),
@@ -82,9 +85,19 @@ def _resume_state(state, model, optimizer, schedule, sampler, run):
     return state["epoch"], state["step"], state.get("best_val_top1_err", float("inf"))
 
 
+def _check_same_variant(state, model_cfg, path):
+    """A resumed run keeps its network: LRN or pooling flags that changed would go unnoticed."""
+    if isinstance(state.get("config"), dict):
+        changed = model_differences(from_dict(TrainConfig, state["config"]).model, model_cfg)
+        if changed:
+            raise TrainingError(f"{path} was trained as another variant ({'; '.join(changed)}): "
+                                f"resume with its flags, or train into a new --output-dir")
+
+
 def validate(model, run, store, batch_size, workers, amp=None):
-    loader, _ = eval_loader(store, "val", batch_size, workers, crops=1,
-                            replicas=run.replicas, replica=run.replica, pin_memory=run.device.type == "cuda")
+    loader, _ = eval_loader(store, "val", batch_size, workers, crops=1, replicas=run.replicas,
+                            replica=run.replica, input_scale=model.config.input_scale,
+                            pin_memory=run.device.type == "cuda")
     result = gather(predict(model, loader, input_device(model), crops=1, counts_here=run.column == 0, amp=amp))
     return errors(result)
 
@@ -113,7 +126,7 @@ def default_cache_dir():
 
 def train(args, log=print):
     """Run the training job described by parsed arguments; returns a process exit code."""
-    run = Run(args.devices, log)
+    run = Run(args.devices, log, columns=args.columns)
     try:
         return _train(args, run)
     finally:
@@ -136,7 +149,7 @@ def _train(args, run):
     optimizer = PaperSGD(param_groups(model, cfg.weight_decay, cfg.decay_biases), cfg.lr, cfg.momentum)
     schedule = LRSchedule(cfg.lr, cfg.plateau_patience, cfg.lr_drop, cfg.max_lr_drops, cfg.lr_steps)
     loader, sampler, transform = train_loader(args.data_path, cfg.batch_size, args.workers, cfg.seed,
-                                              run.replicas, run.replica, cfg.pca_std,
+                                              run.replicas, run.replica, cfg.pca_std, cfg.model.input_scale,
                                               pin_memory=run.device.type == "cuda")
     steps_per_epoch = len(sampler.indices()) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -148,6 +161,7 @@ def _train(args, run):
     path = _resume_path(args)
     if path:
         state = ckpt_io.load(path)
+        _check_same_variant(state, cfg.model, path)
         weights = ckpt_io.model_state(state)
         ckpt_io.check_classes(weights, num_classes, path, args.data_path)
         model.load_canonical_state_dict(weights)
