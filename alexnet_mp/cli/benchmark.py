@@ -2,7 +2,6 @@
 
 The code behind tools/benchmark.py, whose docstring has the exact command lines.
 """
-import argparse
 import json
 import os
 import statistics
@@ -16,7 +15,7 @@ from torch.nn import functional as F
 
 from alexnet_mp import AlexNet
 from alexnet_mp.atomic import atomic_write
-from alexnet_mp.cli import tool
+from alexnet_mp.cli import ArgumentParser, tool
 from alexnet_mp.optim import PaperSGD, param_groups
 
 SECTIONS = ("model", "tworank", "tencrop", "data")
@@ -208,7 +207,7 @@ def _fmt(m):
 
 @tool
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Side-by-side speed ratios")
+    p = ArgumentParser(description="Side-by-side speed ratios")
     p.add_argument("sections", nargs="*",
                    help=f"any of {', '.join(SECTIONS)} (default: all)")
     p.add_argument("-b", "--batch-size", type=int, default=32)

@@ -2,14 +2,13 @@
 
 The code behind tools/evaluate.py, whose docstring has the exact command lines.
 """
-import argparse
 import csv
 import json
 import os
 import sys
 
 from alexnet_mp.atomic import atomic_write
-from alexnet_mp.cli import tool
+from alexnet_mp.cli import ArgumentParser, tool
 from alexnet_mp.data import eval_loader
 from alexnet_mp.evaluate import gather, predict, summary
 from alexnet_mp.inference import load_for_inference
@@ -22,7 +21,7 @@ REFERENCE_ROWS = (("paper, 1 CNN, ILSVRC-2012 val, ten-crop", 40.7, 18.2),
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Ten-crop evaluation of an alexnet_mp checkpoint")
+    p = ArgumentParser(description="Ten-crop evaluation of an alexnet_mp checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-path", required=True, help="prepared store (tools/prepare_data.py)")
     p.add_argument("--split", default="val")

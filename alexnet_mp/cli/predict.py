@@ -2,14 +2,13 @@
 
 The code behind tools/predict.py, whose docstring has the exact command lines.
 """
-import argparse
 import os
 import sys
 
 import torch
 
 from alexnet_mp.data import EvalTransform
-from alexnet_mp.cli import tool
+from alexnet_mp.cli import ArgumentParser, tool
 from alexnet_mp.inference import load_for_inference
 from alexnet_mp.placement import input_device
 from alexnet_mp.prepare import to_256
@@ -33,7 +32,7 @@ def classify(model, image, transform, crops):
 
 @tool
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Top-5 classes of images")
+    p = ArgumentParser(description="Top-5 classes of images")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-path", help="prepared store, for a bare state dict's classes and mean image")

@@ -2,7 +2,6 @@
 
 The code behind tools/visualize.py, whose docstring has the exact command lines.
 """
-import argparse
 import os
 import sys
 
@@ -10,7 +9,7 @@ import numpy as np
 import torch
 
 from alexnet_mp import viz
-from alexnet_mp.cli import tool
+from alexnet_mp.cli import ArgumentParser, tool
 from alexnet_mp.data import EvalTransform, Store, StoreDataset
 from alexnet_mp.errors import UsageError
 from alexnet_mp.inference import load_for_inference
@@ -82,7 +81,7 @@ def demo_figures(out, store):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Figures of a trained alexnet_mp checkpoint")
+    p = ArgumentParser(description="Figures of a trained alexnet_mp checkpoint")
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("filters", help="paper Figure 3: conv1 kernels per column")
     f.add_argument("--checkpoint", required=True)
