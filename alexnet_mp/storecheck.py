@@ -41,7 +41,9 @@ def rebuild(root):
 
 
 def broken(path, problem, root):
-    return StoreError(f"{path} {problem}: rebuild the store with {rebuild(root)}")
+    error = StoreError(f"{path} {problem}: rebuild the store with {rebuild(root)}")
+    error.problem = f"{path} {problem}"      # for prepare's own log, which is that rebuild
+    return error
 
 
 def read_classes(store):

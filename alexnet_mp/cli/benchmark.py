@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from alexnet_mp import AlexNet
 from alexnet_mp.atomic import atomic_write
-from alexnet_mp.cli import ArgumentParser, tool
+from alexnet_mp.cli import ArgumentParser, check_output_file, tool
 from alexnet_mp.optim import PaperSGD, param_groups
 
 SECTIONS = ("model", "tworank", "tencrop", "data")
@@ -222,6 +222,11 @@ def main(argv=None):
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         p.error(f"unknown section {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
+    for flag, value in (("-b", args.batch_size), ("--steps", args.steps), ("--repeats", args.repeats)):
+        if value < 1:
+            p.error(f"{flag} {value} is out of range: it must be at least 1")
+    if args.json:
+        check_output_file(args.json, "--json")      # before minutes of timing, not after
     if args.quick:
         args.batch_size, args.steps, args.repeats = 4, 1, 1
     device = torch.device(args.device)

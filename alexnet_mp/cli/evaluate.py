@@ -8,8 +8,9 @@ import os
 import sys
 
 from alexnet_mp.atomic import atomic_write
-from alexnet_mp.cli import ArgumentParser, tool
+from alexnet_mp.cli import ArgumentParser, check_output_file, tool
 from alexnet_mp.data import eval_loader
+from alexnet_mp.errors import UsageError
 from alexnet_mp.evaluate import gather, predict, summary
 from alexnet_mp.inference import load_for_inference
 from alexnet_mp.placement import input_device
@@ -31,7 +32,14 @@ def parse_args(argv):
     p.add_argument("-j", "--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--predictions", help="write one CSV row per image: path, true class, top-5, probabilities")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, value, low in (("-b", args.batch_size, 1), ("-j", args.workers, 0)):
+        if value < low:
+            raise UsageError(f"{flag} {value} is out of range: it must be at least {low}")
+    for flag, path in (("--json", args.json), ("--predictions", args.predictions)):
+        if path:
+            check_output_file(path, flag)      # before the evaluation, not after it
+    return args
 
 
 def table(res):
