@@ -340,7 +340,7 @@ def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", lo
         raise StoreError(f"unknown store format '{fmt}': choose one of {', '.join(FORMATS)}")
     classes, splits = scan_source(src, out, labels_csv, log)
     names = read_names(names_file) if names_file else {}
-    lock = claim(out, ("classes.json",), "OUT", log)
+    lock = claim(out, ("classes.json",), "OUT", log, record=False)
     try:
         write_json_if_changed(os.path.join(out, "classes.json"),
                               {"classes": classes, "names": names, "source": os.path.abspath(src)})

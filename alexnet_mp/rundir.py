@@ -2,7 +2,9 @@
 
 The lock is `fcntl.flock` on `<folder>/.alexnet_mp.lock`: the kernel drops it
 when the holder dies, even by SIGKILL, so a crashed run never blocks the next.
-The file holds the holder's pid and host, for the message the next run prints.
+The message the next run prints names the holder's pid, from /proc/locks, or
+from the file, where a training run also records its pid and host (a holder
+on another machine of a shared file system is not in this one's /proc/locks).
 """
 import errno
 import fcntl
@@ -24,7 +26,7 @@ _held = []
 class FolderLock:
     """An exclusive lock on `folder`, held until `release()` or this process ends."""
 
-    def __init__(self, folder, fix):
+    def __init__(self, folder, fix, record=True):
         self.path = os.path.join(folder, LOCK_NAME)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -36,8 +38,9 @@ class FolderLock:
                 raise
             raise UsageError(f"{folder} is in use by another run ({holder}): wait for it to end, "
                              f"stop it, or {fix}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        if record:       # not for prepare: a re-run on a finished store writes nothing at all
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         self.fd = fd
         _held.append(fd)
 
@@ -50,7 +53,7 @@ class FolderLock:
         self.release()
 
 
-def claim(folder, names, flag, log=print):
+def claim(folder, names, flag, log=print, record=True):
     """Create `folder` if needed, lock it, check that files can be created in it, and
     remove the temporary files that a killed run left of `names`; returns the lock.
 
@@ -61,7 +64,7 @@ def claim(folder, names, flag, log=print):
         raise UsageError(f"{flag} {folder} is a file, not a folder: {fix}")
     try:
         os.makedirs(folder, exist_ok=True)
-        lock = FolderLock(folder, fix)
+        lock = FolderLock(folder, fix, record)
         with tempfile.TemporaryFile(dir=folder) as f:      # the lock file may predate a chmod
             f.write(b"x")
     except OSError as e:
@@ -75,10 +78,20 @@ def claim(folder, names, flag, log=print):
 
 
 def _read_holder(fd):
+    st = os.fstat(fd)
+    me = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:      # "1: FLOCK  ADVISORY  WRITE 8830 fe:00:2146378 0 EOF"
+            for line in f:
+                parts = line.split()
+                if "->" not in parts and len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == me:
+                    return f"pid {parts[4]}"
+    except OSError:
+        pass
     try:
         pid, _, host = os.pread(fd, 200, 0).decode(errors="replace").strip().partition(" ")
     except OSError:
-        return "pid unknown"
+        pid = host = ""
     if not pid:
         return "pid unknown"
     return f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")

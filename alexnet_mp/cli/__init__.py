@@ -79,6 +79,11 @@ def check_output_file(path, flag, extensions=None):
                          f"you can write to") from None
 
 
+def shown(path):
+    """A file name for the terminal: bytes that are not UTF-8 as \\xNN escapes, as the OS has them."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _survive_undecodable_names():
     # File names that are not valid UTF-8 reach Python as lone surrogates; printing
     # one would raise. Shown escaped (\xe9) instead.

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from alexnet_mp.data import EvalTransform
-from alexnet_mp.cli import ArgumentParser, tool
+from alexnet_mp.cli import ArgumentParser, shown, tool
 from alexnet_mp.errors import UsageError
 from alexnet_mp.inference import load_for_inference
 from alexnet_mp.placement import input_device
@@ -55,12 +55,12 @@ def main(argv=None):
         try:
             image = to_256(path)
         except Exception as e:
-            print(f"{path}: not an image ({type(e).__name__}), skipped")
+            print(f"{shown(path)}: not an image ({type(e).__name__}), skipped")
             failed += 1
             continue
         probs = classify(model, image, transform, args.crops)
         top = probs.topk(min(5, len(classes)))
-        print(path)
+        print(shown(path))
         for prob, i in zip(top.values.tolist(), top.indices.tolist()):
             label = classes[i] + (f" ({names[classes[i]]})" if classes[i] in names else "")
             print(f"  {prob:6.3f}  {label}")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from alexnet_mp import viz
 from alexnet_mp.atomic import atomic_write
-from alexnet_mp.cli import ArgumentParser, check_output_file, tool
+from alexnet_mp.cli import ArgumentParser, check_output_file, shown, tool
 from alexnet_mp.data import EvalTransform, Store, StoreDataset
 from alexnet_mp.errors import UsageError
 from alexnet_mp.inference import load_for_inference
@@ -85,7 +85,7 @@ def neighbours(args):
     _, idx = viz.nearest(model, q, loader, input_device(model), k=args.k)
     save_image(viz.neighbours_grid(queries, [[store[i][0] for i in row] for row in idx]), args.out)
     for path, row in zip(args.query, idx):
-        print(f"{path}: " + ", ".join(store.files[i] for i in row))
+        print(f"{shown(path)}: " + ", ".join(shown(store.files[i]) for i in row))
     print(f"wrote {args.out}")
     return idx
 
