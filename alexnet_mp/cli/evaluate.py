@@ -56,9 +56,10 @@ def table(res):
 
 
 def evaluate(args, run):
-    model, classes, _, _ = load_for_inference(args.checkpoint, args.data_path, run.placement, run.devices)
+    # The store first: its checks take milliseconds, the checkpoint's load seconds.
     loader, _ = eval_loader(args.data_path, args.split, args.batch_size, args.workers, args.crops,
                             run.replicas, run.replica)
+    model, classes, _, _ = load_for_inference(args.checkpoint, args.data_path, run.placement, run.devices)
     result = gather(predict(model, loader, input_device(model), args.crops, log=run.log,
                             counts_here=run.column == 0))
     res = summary(result, classes, args.checkpoint, args.crops)
