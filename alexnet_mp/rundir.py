@@ -27,6 +27,7 @@ class FolderLock:
     """An exclusive lock on `folder`, held until `release()` or this process ends."""
 
     def __init__(self, folder, fix, record=True):
+        self.fd = None
         self.path = os.path.join(folder, LOCK_NAME)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
