@@ -36,8 +36,9 @@ def main(argv=None):
     if args.epochs:
         preset += ["--epochs", args.epochs]
     cache = ["--cache-dir", args.cache_dir] if args.cache_dir else []
+    # --resume auto: a second demo into the same folder continues (or re-evaluates) the first.
     train_args = ["--output-dir", args.output_dir, "-j", str(args.workers), "--print-freq", "10",
-                  "--checkpoint-minutes", "0"] + cache + preset
+                  "--checkpoint-minutes", "0", "--resume", "auto"] + cache + preset
     code = train.main(train_args)
     if code:
         return code
