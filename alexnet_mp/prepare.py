@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 
 import numpy as np
@@ -158,6 +159,12 @@ def _convert(task):
     return out
 
 
+def _leave_ctrl_c_to_the_parent():
+    # A Ctrl-C reaches the whole process group; the parent stops the pool and says so
+    # in one line, instead of every worker printing its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def write_json(path, data):
     atomic_write(path, lambda f: json.dump(data, f), "w")
 
@@ -204,7 +211,7 @@ def convert_split(src, files, labels, folder, workers, fmt="raw", log=print):
     if todo:
         tasks = [(folder, src, total, fmt, todo[i:i + CHUNK]) for i in range(0, len(todo), CHUNK)]
         start, done, failures = time.time(), 0, {}
-        with multiprocessing.get_context("spawn").Pool(workers) as pool, \
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_leave_ctrl_c_to_the_parent) as pool, \
                 open(os.path.join(folder, "images.jpg" if fmt == "jpeg" else "images.u8"), "ab") as packed:
             for results in pool.imap_unordered(_convert, tasks):
                 for slot, state, payload in results:

@@ -64,3 +64,15 @@ def snapshot(folder):
             st = os.stat(os.path.join(d, name))
             out[os.path.relpath(os.path.join(d, name), folder)] = (st.st_ino, st.st_mtime_ns, st.st_size)
     return out
+
+
+def read_only_folder(path):
+    """A folder this process cannot create files in; skips the test where the process can
+    anyway (root with CAP_DAC_OVERRIDE; run it under `setpriv --bounding-set=-dac_override`)."""
+    import pytest
+    os.makedirs(path, mode=0o500)
+    try:
+        open(os.path.join(path, "probe"), "w").close()
+    except PermissionError:
+        return path
+    pytest.skip("this process writes into read-only folders (root)")

@@ -13,10 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from alexnet_mp import preflight
 from alexnet_mp.cli import train as train_cli
 
 from .conftest import ROOT
@@ -167,7 +169,12 @@ def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
                                                                                   monkeypatch):
     out = tmp_path / "run"
     argv = train_argv(tiny_store, out, "-j", "0", "--epochs", "50", "--checkpoint-minutes", "0")
-    assert train_cli.main(argv + ["--stop-at-step", "1"]) == 0
+    with monkeypatch.context() as m:      # a disk with 0.3 GiB free: too little for two checkpoints
+        m.setattr(preflight.shutil, "disk_usage", lambda path: SimpleNamespace(free=3 * 2**30 // 10))
+        assert train_cli.main(argv + ["--stop-at-step", "1"]) == 0
+    need = 2 * os.path.getsize(out / "checkpoint.pt")        # the checkpoint it then wrote, twice
+    warning = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: 0.30 GiB free")]
+    assert len(warning) == 1 and f"less than two checkpoints need ({need / 2**30:.2f} GiB" in warning[0]
     before = snapshot(out)["checkpoint.pt"]
     real_save = torch.save
 

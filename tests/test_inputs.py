@@ -18,7 +18,7 @@ from alexnet_mp.cli import train as train_cli
 from alexnet_mp.data import Store
 from alexnet_mp.prepare import prepare
 
-from .helpers import assert_one_line_result, snapshot
+from .helpers import assert_one_line_result, read_only_folder, snapshot
 
 BAD_TRAIN_ARGS = [
     (["-b", "0"], "-b 0 is out of range: it must be a positive number of images per replica"),
@@ -119,13 +119,15 @@ def test_bad_prepare_paths_are_one_line(flat_val_tree, tmp_path, capsys):
     assert not (tmp_path / "o").exists() and not (flat_val_tree / "train" / "store").exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any folder")
-def test_unwritable_out_is_one_line(flat_val_tree, tmp_path, capsys):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
+def test_unwritable_out_and_output_dir_are_one_line(flat_val_tree, tiny_store, tmp_path, capsys):
+    locked = read_only_folder(tmp_path / "locked")
     code = prepare_data.main([str(flat_val_tree), str(locked / "store"), "--labels",
                               _csv(tmp_path, b"v0.png,a\nv1.png,b\n")])
     assert_one_line_result(code, capsys, "cannot be written (Permission denied): choose another OUT")
+    code = train_cli.main(["--data-path", tiny_store, "--output-dir", str(locked), "-j", "0"])
+    assert_one_line_result(code, capsys, f"--output-dir {locked} cannot be written (Permission denied): "
+                                         f"choose another --output-dir")
+    assert os.listdir(locked) == []
 
 
 def test_rerun_on_a_finished_store_writes_nothing(tiny_store, capsys):

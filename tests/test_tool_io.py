@@ -13,7 +13,7 @@ from alexnet_mp.cli import evaluate as evaluate_cli
 from alexnet_mp.cli import predict as predict_cli
 from alexnet_mp.cli import visualize as visualize_cli
 
-from .helpers import assert_one_line_result
+from .helpers import assert_one_line_result, read_only_folder
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +51,8 @@ def test_bad_output_paths_are_one_line_before_any_work(tiny_store, bare, tmp_pat
     assert sorted(os.listdir(tmp_path)) == ["a_folder", "metrics.jsonl"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any folder")
 def test_unwritable_output_folder_is_one_line(bare, tmp_path, capsys):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
+    locked = read_only_folder(tmp_path / "locked")
     code = visualize_cli.main(["filters", "--checkpoint", bare, "--out", str(locked / "f.png")])
     assert_one_line_result(code, capsys, "cannot be written in")
 

@@ -106,5 +106,9 @@ def tool(main):
             if line is None:
                 raise
             report(line)
+        except KeyboardInterrupt:      # training handles Ctrl-C itself; this is any other tool, or startup
+            report("interrupted (Ctrl-C): files are written whole or not at all; run the command again to "
+                   "continue")
+            return 130
         return 2
     return wrapped
