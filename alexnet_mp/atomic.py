@@ -27,15 +27,24 @@ def atomic_write(path, write, mode="wb"):
         with open(tmp, mode, **kwargs) as f:
             write(f)
         os.replace(tmp, path)
-    except OSError as e:
-        # A write through a file object (torch.save, np.savez) raises without a
-        # file name; the user needs the path they asked for, not the temporary one.
-        if e.filename in (None, tmp):
-            raise OSError(e.errno, e.strerror, path) from e
+    except Exception as e:
+        cause = os_error_in(e)
+        # A write through a file object (torch.save, np.savez) raises without a file
+        # name, and torch.save's zip writer then hides it behind a RuntimeError of its
+        # own; the user needs the OS error, and the path they asked for, not the temporary one.
+        if cause is not None and cause.filename in (None, tmp):
+            raise OSError(cause.errno, cause.strerror, path) from e
         raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def os_error_in(e):
+    """The OSError that `e` is, or that it was raised while handling; None if there is none."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
 
 
 def pid_alive(pid):

@@ -254,7 +254,7 @@ def _check_space(folder, size):
     map: on a full disk they would die of SIGBUS, halfway, so the space is checked first."""
     free = shutil.disk_usage(folder).free
     if free < size:
-        raise StoreError(f"{folder} needs {size / 2**30:.1f} GiB for the raw images and {free / 2**30:.1f} GiB "
+        raise StoreError(f"{folder} needs {size / 2**30:.2f} GiB for the raw images and {free / 2**30:.2f} GiB "
                          f"are free: free some space, choose another OUT, or pass --format jpeg (about 7x smaller)")
 
 

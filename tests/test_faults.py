@@ -5,6 +5,7 @@ one line, and that nothing is lost or left behind: the checkpoint resumes,
 no temporary file remains, metrics.jsonl holds each logged step once.
 Waiting loops poll files for a state to appear; nothing here times anything.
 """
+import errno
 import glob
 import json
 import os
@@ -178,11 +179,21 @@ def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
     before = snapshot(out)["checkpoint.pt"]
     real_save = torch.save
 
-    def save_onto_a_full_disk(obj, f):
-        f.write(b"\0" * 4096)                        # the first bytes fit,
-        with open("/dev/full", "wb") as full:        # the rest meets the kernel's own ENOSPC
-            real_save(obj, full)
-    monkeypatch.setattr(torch, "save", save_onto_a_full_disk)
+    class DiskWith100MiBFree:
+        """The temporary file, on a disk that fills up 100 MiB into the checkpoint."""
+
+        def __init__(self, f):
+            self.f, self.room = f, 100 * 2**20
+
+        def write(self, data):
+            if len(data) > self.room:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.room -= len(data)
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, DiskWith100MiBFree(f)))
     capsys.readouterr()
     code = train_cli.main(argv + ["--resume", "auto", "--stop-at-step", "2"])
     line = assert_one_line_result(code, capsys, f"{out / 'checkpoint.pt'} cannot be written: the disk is full (")
