@@ -58,12 +58,12 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def check_output_file(path, flag, extensions=None):
+def check_output_file(path, flag, extensions=None, example="out.json"):
     """Before any work: `path` can be created as a file (its folder exists and takes files,
     it is not a folder itself) and, if `extensions` are given, has one of them."""
     if os.path.isdir(path):
-        raise UsageError(f"{flag} {path} is a folder: pass a file name in it, e.g. {os.path.join(path, 'out')}"
-                         f"{extensions[0] if extensions else ''}")
+        example = f"out{extensions[0]}" if extensions else example
+        raise UsageError(f"{flag} {path} is a folder: pass a file name in it, e.g. {os.path.join(path, example)}")
     ext = os.path.splitext(path)[1].lower()
     if extensions and ext not in extensions:
         raise UsageError(f"{flag} {path}: the file type '{ext}' is not one this can write; "

@@ -36,9 +36,9 @@ def parse_args(argv):
     for flag, value, low in (("-b", args.batch_size, 1), ("-j", args.workers, 0)):
         if value < low:
             raise UsageError(f"{flag} {value} is out of range: it must be at least {low}")
-    for flag, path in (("--json", args.json), ("--predictions", args.predictions)):
+    for flag, path, example in (("--json", args.json, "eval.json"), ("--predictions", args.predictions, "p.csv")):
         if path:
-            check_output_file(path, flag)      # before the evaluation, not after it
+            check_output_file(path, flag, example=example)      # before the evaluation, not after it
     return args
 
 

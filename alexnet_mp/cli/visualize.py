@@ -20,11 +20,18 @@ from alexnet_mp.prepare import to_256
 from alexnet_mp.rundir import read_records
 
 
+COMMON = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".tif", ".bmp", ".webp")     # named first in messages
+
+
+def _common_first(extensions):
+    return sorted(extensions, key=lambda e: (COMMON.index(e) if e in COMMON else len(COMMON), e))
+
+
 def image_formats():
-    """{'.png': 'PNG', ...}: the file types PIL can write, .png first."""
+    """{'.png': 'PNG', ...}: the file types PIL can write, the common ones first."""
     Image.init()
     formats = {ext: fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
-    return dict(sorted(formats.items(), key=lambda kv: kv[0] != ".png"))
+    return {ext: formats[ext] for ext in _common_first(formats)}
 
 
 def save_image(img, path):
@@ -51,7 +58,7 @@ def figure_formats():
         raise UsageError("curves needs matplotlib: pip install 'alexnet_mp[viz]' (or pip install matplotlib)")
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-    return sorted("." + ext for ext in Figure().canvas.get_supported_filetypes())
+    return _common_first("." + ext for ext in Figure().canvas.get_supported_filetypes())
 
 
 def curves(args):
