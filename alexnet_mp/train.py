@@ -1,6 +1,5 @@
 """The training run behind tools/train.py: placement, recipe (§5), checkpoints and faults."""
 import datetime
-import json
 import math
 import os
 import signal
@@ -11,6 +10,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 from . import checkpoint as ckpt_io
+from . import preflight, rundir
 from .backends import amp_note, autocast, configure
 from .config import ModelConfig, TrainConfig, from_dict, model_differences, to_dict
 from .data import eval_loader, read_classes, train_loader
@@ -46,14 +46,9 @@ def config_from_args(args):
                        pca_std=args.pca_std, seed=args.seed, model=model)
 
 
-def _metrics_writer(path, run):
-    if not run.main:
-        return lambda record: None
-
-    def write(record):
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    return write
+def _metrics_writer(path, run, step=0, epoch=0):
+    """Appends to metrics.jsonl, first cut back to the records the checkpoint at (step, epoch) covers."""
+    return rundir.metrics_writer(path, step, epoch, run.log) if run.main else (lambda record: None)
 
 
 def _topk_errors(logits, labels):
@@ -141,6 +136,7 @@ def _train(args, run):
         args.data_path = demo_store(args.cache_dir, run)
     classes = read_classes(args.data_path)
     num_classes = len(classes["classes"])
+    run.output_lock = preflight.check(args, run, num_classes)    # held until the run ends
     torch.manual_seed(cfg.seed + run.rank)     # dropout masks: each rank its own stream
     model = build(run.placement, run.devices, num_classes, seed=cfg.seed, config=cfg.model)
     if run.device.type == "cuda":       # the weights too: cudnn's fastest convs want both channels_last
@@ -160,7 +156,7 @@ def _train(args, run):
     start_epoch, step, best = 0, 0, float("inf")
     path = _resume_path(args)
     if path:
-        state = ckpt_io.load(path)
+        state = ckpt_io.load(path, resume=True)
         _check_same_variant(state, cfg.model, path)
         weights = ckpt_io.model_state(state)
         ckpt_io.check_classes(weights, num_classes, path, args.data_path)
@@ -172,7 +168,7 @@ def _train(args, run):
             run.log(f"resumed from {path}: epoch {start_epoch}, step {step}")
     set_lr(optimizer, schedule.lr)
     data_mean = torch.from_numpy(transform.mean.copy())    # predict.py needs it with the weights
-    write_metric = _metrics_writer(os.path.join(args.output_dir, "metrics.jsonl"), run)
+    write_metric = _metrics_writer(os.path.join(args.output_dir, "metrics.jsonl"), run, step, start_epoch)
 
     def save(epoch, to=(ckpt_path,)):
         velocity = model.map_canonical(lambda p: optimizer.state[p].get("velocity", torch.zeros_like(p)))
@@ -257,7 +253,8 @@ def _train(args, run):
             run.log(f"Epoch: [{epoch}] val  top1_err: {top1:.4f}  top5_err: {top5:.4f}"
                     + (f"  (lr now {schedule.lr:.6g})" if schedule.lr != lr_before else ""))
             # One gathered state for both files: the model and velocity are 0.5 GB to collect.
-            save(epoch + 1, to=(ckpt_path,) + ((os.path.join(args.output_dir, "model_best.pt"),) if is_best else ()))
+            # model_best.pt first: a kill between the two then repeats the epoch, and rewrites both.
+            save(epoch + 1, to=((os.path.join(args.output_dir, "model_best.pt"),) if is_best else ()) + (ckpt_path,))
             last_save = time.time()
             if run.all_sum([stop.requested])[0]:
                 run.log(f"stopped by signal after epoch {epoch}: checkpoint written to {ckpt_path}")
