@@ -156,8 +156,10 @@ def _train(args, run):
     start_epoch, step, best = 0, 0, float("inf")
     path = _resume_path(args)
     if path:
-        state = ckpt_io.load(path, resume=True)
-        _check_same_variant(state, cfg.model, path)
+        state = ckpt_io.load(path)
+        _check_same_variant(state, cfg.model, path)     # the network first: the likelier mistake
+        if ckpt_io.model_state(state) is not state:
+            ckpt_io.check_resumable(state, path)
         weights = ckpt_io.model_state(state)
         ckpt_io.check_classes(weights, num_classes, path, args.data_path)
         model.load_canonical_state_dict(weights)
