@@ -8,11 +8,16 @@
   canonical checkpoint format.
 * `ColumnNet`: each column's slice of every layer on its own device or process.
   An exchange object (see `alexnet_mp.exchange`) moves activations between the
-  columns at conv3, fc6, fc7 and fc8 and nowhere else.
+  columns at conv3, fc6, fc7 and fc8 and nowhere else, and joins the columns'
+  halves of the logits.
 
 Canonical format: column c owns the c-th half along dim 0 of conv1..fc7, and
 every layer that reads both columns orders its inputs column 0 first. fc8 is
-kept whole, as in the original code (spec §1).
+one [num_classes, 4096] tensor, as in the original code (spec §1); `ColumnNet`
+splits it as the paper's Figure 2 draws it: column 0 computes the first
+ceil(n/2) classes, column 1 the rest (spec §1 allows either; same function).
+So every parameter of a `ColumnNet` belongs to exactly one column, and the
+replicas of one column can average gradients over one process group.
 """
 from dataclasses import dataclass, replace
 
@@ -30,7 +35,7 @@ class Layer:
     kernel: int      # 0 for a fully connected layer
     stride: int
     pad: int
-    maps: int        # per column; 0 = the class count, kept whole
+    maps: int        # per column; 0 = the class count, split by `class_split`
     reads: str       # "image", "own" column only, or "both" columns
     lrn: bool        # conv -> ReLU -> LRN -> pool (§3.3, §3.4)
     pool: bool       # overlapping max-pool, window 3, stride 2 (§3.4)
@@ -54,6 +59,18 @@ COLUMN_LAYERS = ARCH[:-1]
 # A 224 crop padded to 227 (spec §1) gives 55 -> 27 -> 13 -> 6 after the pools.
 CONV1_PAD = 3
 POOL5_SIZE = 6
+
+
+def class_split(num_classes):
+    """Classes each column's fc8 computes: column 0 the first ceil(n/2), column 1 the rest
+    (Figure 2 splits fc8's 1000 outputs 500/500; an odd count leaves column 1 one fewer)."""
+    first = (num_classes + 1) // 2
+    return (first, num_classes - first)
+
+
+def layer_rows(layer, num_classes):
+    """Rows of the canonical tensor each column holds for `layer`, as (column 0's, column 1's)."""
+    return class_split(num_classes) if layer is HEAD else (layer.maps, layer.maps)
 
 
 def _in_per_column(i, columns):
@@ -129,10 +146,11 @@ def run_layer(layer, module, x, lrn, dropout):
     return x
 
 
-def _make_layer(i, columns, groups, num_classes, device):
-    """Layer i holding `columns` columns' worth of outputs; groups=2 for own-column convs."""
+def _make_layer(i, columns, groups, classes, device):
+    """Layer i holding `columns` columns' worth of outputs (`classes` of them for fc8);
+    groups=2 for own-column convs."""
     layer = ARCH[i]
-    out = num_classes if layer is HEAD else layer.maps * columns
+    out = classes if layer is HEAD else layer.maps * columns
     fan_in = _in_per_column(i, 2) * groups
     if layer.kernel:
         return nn.Conv2d(fan_in, out, layer.kernel, layer.stride, layer.pad, groups=groups, device=device)
@@ -240,8 +258,9 @@ class AlexNet(Canonical, nn.Module):
             x = run_layer(layer, getattr(self, layer.name), x, self.lrn, self.dropout)
         return x
 
-    def map_canonical(self, get):
-        """{canonical name: get(parameter)} on the CPU; `get` may read the grad or optimizer state."""
+    def map_canonical(self, get, writer_only=False):
+        """{canonical name: get(parameter)} on the CPU; `get` may read the grad or optimizer state.
+        One process holds everything, so it is the writer: `writer_only` changes nothing."""
         return {name: get(p).detach().cpu() for name, p in self.named_parameters()}
 
     def scatter_canonical(self, state, target):
@@ -253,73 +272,80 @@ class AlexNet(Canonical, nn.Module):
 
 
 class Column(nn.Module):
-    """One column's slice of conv1..fc7 (its half of every layer's kernels and neurons)."""
+    """One column's slice of every layer: its half of conv1..fc7's kernels and neurons,
+    and its share of fc8's classes (`class_split`)."""
 
-    def __init__(self, index, device):
+    def __init__(self, index, num_classes, device):
         super().__init__()
         self.index = index
-        for i, layer in enumerate(COLUMN_LAYERS):
-            setattr(self, layer.name, _make_layer(i, 1, 1, 0, "meta"))
+        classes = class_split(num_classes)[index]
+        for i, layer in enumerate(ARCH):
+            setattr(self, layer.name, _make_layer(i, 1, 1, classes, "meta"))
         _materialise(self, device)
 
 
 class ColumnNet(Canonical, nn.Module):
     """Columns on their own devices or processes; `exchange` joins them.
 
-    `exchange.local_columns` lists (column index, device) held here,
-    `exchange.head_device` hosts fc8, and `share`/`to_head`/`collect` move
-    tensors between columns. Build it with `alexnet_mp.two_device_alexnet` or
-    `alexnet_mp.rank_alexnet`.
+    `exchange.local_columns` lists (column index, device) held here;
+    `share` gives every column both columns' activations before conv3, fc6, fc7
+    and fc8, `join` puts the columns' halves of an output side by side, and
+    `collect` gathers parameter slices into canonical tensors. Build it with
+    `alexnet_mp.two_device_alexnet` or `alexnet_mp.rank_alexnet`.
     """
 
     def __init__(self, exchange, num_classes=1000, *, seed=None, config=None, init=True):
         super().__init__()
         self.config = _config(config, num_classes)
         self.exchange = exchange
-        self.columns = nn.ModuleList(Column(c, dev) for c, dev in exchange.local_columns)
-        self.fc8 = _make_layer(len(ARCH) - 1, 1, 1, self.config.num_classes, "meta")
-        _materialise(self.fc8, exchange.head_device)
+        self.columns = nn.ModuleList(Column(c, self.config.num_classes, dev) for c, dev in exchange.local_columns)
         self._finish(lrn_columns=1, seed=seed, init=init, columns=[c.index for c in self.columns],
                      replica=getattr(exchange, "replica", 0))
         for col in self.columns:
             col.dropout = PaperDropout(self.config.dropout, self.streams, (col.index,))
 
-    def _columns_forward(self, x):
+    def _run(self, x, layers):
         x = pad_input(check_input(x, self.config.crop))
         hs = [x.to(col.conv1.weight.device) for col in self.columns]
-        for layer in COLUMN_LAYERS:
+        for layer in layers:
             if layer.reads == "both":
                 hs = self.exchange.share(hs, layer.name)
             hs = [run_layer(layer, getattr(col, layer.name), h, self.lrn, col.dropout)
                   for col, h in zip(self.columns, hs)]
-        return self.exchange.to_head(hs, HEAD.name)
+        return hs
 
     def forward(self, x):
-        return self.fc8(self._columns_forward(x))
+        # Each column computed its own classes from all of fc7 (Figure 2); the loss needs them all.
+        return self.exchange.join(self._run(x, ARCH), "logits", class_split(self.config.num_classes))
 
     def features(self, x):
-        return self._columns_forward(x)
+        """fc7's output (4096-d, both columns' halves side by side)."""
+        return self.exchange.join(self._run(x, COLUMN_LAYERS), "features", layer_rows(COLUMN_LAYERS[-1], 0))
 
     def _slices(self):
-        """(canonical name, parameter, rows of the canonical tensor it holds) for every local parameter."""
+        """(canonical name, parameter, rows of the canonical tensor it holds, every column's
+        row count) for every local parameter."""
+        n = self.config.num_classes
         for col in self.columns:
-            for layer in COLUMN_LAYERS:
-                rows = slice(col.index * layer.maps, (col.index + 1) * layer.maps)
+            for layer in ARCH:
+                sizes = layer_rows(layer, n)
+                start = sum(sizes[:col.index])
                 for kind in ("weight", "bias"):
-                    yield f"{layer.name}.{kind}", getattr(getattr(col, layer.name), kind), rows
-        for kind in ("weight", "bias"):
-            yield f"fc8.{kind}", getattr(self.fc8, kind), slice(None)
+                    yield (f"{layer.name}.{kind}", getattr(getattr(col, layer.name), kind),
+                           slice(start, start + sizes[col.index]), sizes)
 
-    def map_canonical(self, get):
-        """{canonical name: get(parameter)}, the columns' slices gathered, on the CPU."""
-        parts = {}
-        for name, p, _ in self._slices():
+    def map_canonical(self, get, writer_only=False):
+        """{canonical name: get(parameter)}, the columns' slices gathered, on the CPU.
+        `writer_only`: only the process that writes checkpoints gathers (the others get None)."""
+        parts, sizes = {}, {}
+        for name, p, _, rows in self._slices():
             parts.setdefault(name, []).append(get(p).detach())
-        return {name: self.exchange.collect(ts) if not name.startswith("fc8") else ts[0].cpu()
-                for name, ts in parts.items()}
+            sizes[name] = rows
+        state = {name: self.exchange.collect(ts, sizes[name], writer_only) for name, ts in parts.items()}
+        return None if any(t is None for t in state.values()) else state
 
     def scatter_canonical(self, state, target):
         """Copy each local slice of the canonical tensors into target(parameter)."""
         with torch.no_grad():
-            for name, p, rows in self._slices():
+            for name, p, rows, _ in self._slices():
                 target(p).copy_(state[name][rows])

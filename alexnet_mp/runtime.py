@@ -5,6 +5,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import UsageError
+from .parallel import Topology
 from .placement import (choose_placement, gpu_identity, job_backend, local_gpu, share_identities, torchrun_env,
                         torchrun_wanted)
 
@@ -25,9 +26,10 @@ class Run:
         if self.distributed and self.world % 2:
             raise TrainingError(f"world size {self.world} is not a multiple of 2: the two columns need "
                                 f"2 ranks per replica (use --nproc_per_node=2, or an even total)")
-        backend = None
+        backend, self.topology = None, None
         if self.distributed:
             backend = self._join(devices, local_rank)
+            self.topology = Topology()       # the pair and same-column groups, made once per job
         else:
             self.placement, self.devices, _ = choose_placement(devices, warn=self.log)
         self.replicas = self.world // 2 if self.distributed else 1
@@ -69,6 +71,14 @@ class Run:
             t = t.to(self.device) if self.device.type == "cuda" else t
             dist.all_reduce(t)
         return t.cpu().tolist()
+
+    def gather_to_main(self, obj):
+        """Every rank's `obj`, in rank order, on rank 0; None on the other ranks."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world if self.main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
 
     def close(self):
         if self.distributed and dist.is_initialized():
