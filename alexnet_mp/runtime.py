@@ -1,5 +1,9 @@
 """Where this process sits in a launch: placement, rank, replica, and who speaks."""
+import datetime
 import os
+import secrets
+import socket
+import time
 
 import torch
 import torch.distributed as dist
@@ -12,6 +16,54 @@ from .placement import (choose_placement, gpu_identity, job_backend, local_gpu, 
 
 class TrainingError(UsageError):
     """A problem that stops training, worded as one line with its fix."""
+
+
+ATTEMPT_KEY = "alexnet_mp/attempt_store"
+
+
+def attempt_store(shared, rank, deadline_s=600.0):
+    """A store of this launch attempt's own, for every key the ranks exchange.
+
+    After `torchrun --max-restarts` brings the workers back, the launcher's store still
+    holds the dead workers' keys (their gloo and NCCL addresses), and nothing torchrun
+    tells a worker names the attempt alike on every node: TORCHELASTIC_RESTART_COUNT
+    counts the restarts of the node's own agent after its own worker failed, and stays
+    put on a node restarted because another node's worker failed. So rank 0 serves a
+    fresh store and publishes its port with a random tag; the others connect to the
+    published port, retrying while it is a dead attempt's (whose server is gone).
+    Rank 0 runs on the host the launcher names in MASTER_ADDR.
+    """
+    host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    if rank == 0:
+        store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False,
+                              timeout=datetime.timedelta(minutes=30))
+        tag = secrets.token_hex(8)
+        store.set("tag", tag)
+        shared.set(ATTEMPT_KEY, f"{store.port}:{tag}")
+        return store
+    give_up = time.time() + deadline_s
+    while True:
+        port, tag = shared.get(ATTEMPT_KEY).decode().split(":")
+        if _listening(host, int(port)):      # a plain socket first: TCPStore logs every failed try
+            try:
+                store = dist.TCPStore(host, int(port), is_master=False, timeout=datetime.timedelta(seconds=10))
+                if store.get("tag").decode() == tag:
+                    store.set_timeout(datetime.timedelta(minutes=30))
+                    return store
+            except (RuntimeError, TimeoutError, ValueError):     # DistNetworkError/DistStoreError are RuntimeErrors
+                pass
+        if time.time() > give_up:
+            raise TrainingError(f"rank {rank} found no store of this attempt's rank 0 at {host}:{port} in "
+                                f"{deadline_s:.0f} s: check that MASTER_ADDR ({host}) reaches rank 0's host")
+        time.sleep(0.2)
+
+
+def _listening(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 class Run:
@@ -42,11 +94,8 @@ class Run:
     def _join(self, devices, local_rank):
         """Rendezvous, agree on one backend for every rank, and start the process group."""
         wanted = torchrun_wanted(devices)
-        # Keys under this restart's own prefix: after `torchrun --max-restarts` brings
-        # the workers back, they must not read the dead workers' addresses.
         store, rank, world = next(dist.rendezvous("env://"))
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = dist.PrefixStore(f"alexnet_mp/attempt{attempt}", store)
+        store = attempt_store(store, rank)
         gpu = None if wanted == "cpu" else local_gpu(local_rank, torch.cuda.device_count())
         backend, warning = job_backend(share_identities(store, rank, world, gpu_identity(gpu)), wanted)
         if warning:
