@@ -106,7 +106,7 @@ class _GatherSumBack(torch.autograd.Function):
         if ex.reduction == "reduce_scatter":
             chunks = column_chunks(grad)
             own = torch.empty_like(chunks[0])
-            dist.reduce_scatter_tensor(own, chunks, group=ex.pair)
+            dist.reduce_scatter_single(own, chunks.flatten(0, 1), group=ex.pair)    # chunks end to end
             return _channels_first(own), None
         summed = _channels_last(grad).clone(memory_format=torch.contiguous_format)
         dist.all_reduce(summed, group=ex.pair)
