@@ -47,9 +47,10 @@ def apply_data_parallel(net, topology, **ddp_options):
 
     DDP starts by broadcasting replica 0's weights to the other replicas. Its first
     step all-reduces one bucket after backward; then it rebuilds its buckets in the
-    order that backward produced the gradients: fc8 and fc7 (34 MB), fc6 (76 MB), the
-    convs (5 MB). From the second step on the first two all-reduces (96% of the bytes)
-    run while the convs are still differentiating (tests/test_parallel.py).
+    order that backward produced the gradients, each closed once past its cap (1 MB for
+    the first, 25 MB after): fc8 (8 MB of a column's at 1000 classes), fc7 (34 MB),
+    fc6 (76 MB), the convs (5 MB). From the second step on, every bucket but the convs'
+    (96% of the bytes) is on the wire before conv1's backward ends (tests/test_parallel.py).
     `ddp_options` go to DistributedDataParallel (the benchmark and tests set bucket sizes).
     """
     if topology is None or topology.replicas == 1:
