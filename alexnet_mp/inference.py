@@ -8,7 +8,7 @@ from .data import load_stats, read_classes
 from .placement import build
 
 
-def load_for_inference(path, data_path=None, placement="grouped", devices=None, need_mean=False):
+def load_for_inference(path, data_path=None, placement="grouped", devices=None, need_mean=False, topology=None):
     """(model in eval mode, class folder names, human names, mean image or None).
 
     Classes and the mean image come from the training checkpoint when it carries
@@ -34,7 +34,7 @@ def load_for_inference(path, data_path=None, placement="grouped", devices=None, 
         cfg = from_dict(TrainConfig, state["config"]).model      # its dropout sets the test-time scale
     if devices is None:
         devices = ["cuda:0" if torch.cuda.is_available() else "cpu"]
-    model = build(placement, devices, n, seed=0, config=cfg)
+    model = build(placement, devices, n, seed=0, config=cfg, topology=topology)
     model.load_canonical_state_dict(weights)
     if isinstance(mean, torch.Tensor):
         mean = mean.numpy()

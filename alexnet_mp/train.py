@@ -371,7 +371,7 @@ def checkpoint_state(job, epoch):
         return None
     return {"model": weights, "optimizer": {"velocity": velocity}, "lr_scheduler": job.schedule.state_dict(),
             "epoch": epoch, "step": job.step, "rng": rngs, "sampler": job.sampler.state_dict(),
-            "args": dict(job.opts.args), "config": to_dict(job.cfg), "classes": job.classes,
+            "args": {**job.opts.args, "data_path": job.data_path}, "config": to_dict(job.cfg), "classes": job.classes,
             "best_val_top1_err": job.best,
             "data_mean": torch.from_numpy(job.transform.mean.copy())}    # predict.py needs it with the weights
 

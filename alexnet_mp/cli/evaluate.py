@@ -55,7 +55,8 @@ def table(res):
 def evaluate(args, run):
     for note in configure(run.device, args.tf32) + amp_note(args.amp):
         run.log(f"speed mode, departs from the paper's float32 arithmetic: {note}")
-    model, classes, _, _ = load_for_inference(args.checkpoint, args.data_path, run.placement, run.devices)
+    model, classes, _, _ = load_for_inference(args.checkpoint, args.data_path, run.placement, run.devices,
+                                              topology=run.topology)
     loader, _ = eval_loader(args.data_path, args.split, args.batch_size, args.workers, args.crops,
                             run.replicas, run.replica, pin_memory=run.device.type == "cuda")
     result = gather(predict(model, loader, input_device(model), args.crops, log=run.log,
