@@ -3,22 +3,66 @@
 Every default cites its source: "§n" is a section of Krizhevsky, Sutskever and
 Hinton (NIPS 2012); "spec §n" is a section of the project's reference notes
 (docs/alexnet-reference.md), which record where the paper and the authors'
-code disagree. A checkpoint stores the final config with `asdict`.
+code disagree. A checkpoint stores the final config with `asdict`, so every
+tool rebuilds the same network (and the same input scaling) from it alone.
+
+Fields marked "ablation" or "failure mode" switch off or replace one piece of
+the paper's network, as §3 measures them (tools/study.py runs them). They are
+opt-in: every default is the paper's.
 """
 from dataclasses import asdict, dataclass, field, fields
+
+from .errors import UsageError
+
+IMAGE_SIZE = 256                     # §2: images stored at 256x256
+CROP = 224                           # §2/§4.1: 224x224 patches
+
+COLUMN_CHOICES = (2, 1)              # the paper's net; the one-GPU net of §3.2's footnote
+INIT_CHOICES = ("paper", "torch")
+INPUT_SCALE_CHOICES = ("raw", "unit")
+
+
+class ConfigError(UsageError):
+    """A config value this network cannot take, worded as one line with its fix."""
+
+
+def check_placement(columns, placement):
+    """The one-column net exists only grouped: the split placements hold exactly two columns (§3.2)."""
+    if columns != ModelConfig.columns and placement != "grouped":
+        raise ConfigError(f"the {columns}-column net (--columns {columns}) runs in the grouped placement only: "
+                          f"run it without torchrun and without --devices")
 
 
 @dataclass
 class ModelConfig:
     num_classes: int = 1000          # §2: ILSVRC has 1000 classes
-    columns: int = 2                 # §3.2: the net is split across two GPUs
+    columns: int = 2                 # §3.2: two columns, one per GPU. 1 (ablation): the footnote's one-GPU net
+    lrn: bool = True                 # §3.3. False (ablation): no LRN; §3.3 reports +1.4/+1.2 error without it
     lrn_size: int = 5                # §3.3: n = 5
     lrn_alpha: float = 1e-4          # §3.3; divided by n as the original code does (spec §1)
     lrn_beta: float = 0.75           # §3.3
     lrn_k: float = 2.0               # §3.3
+    pool_size: int = 3               # §3.4: z = 3, overlapping. 2 (ablation): s = z = 2, +0.4/+0.3 in §3.4
+    pool_stride: int = 2             # §3.4: s = 2
     dropout: float = 0.5             # §4.2: outputs of fc6 and fc7, paper form (spec §1)
+    init: str = "paper"              # §5: N(0, std^2), biases 1 or 0. "torch" (failure mode): PyTorch's default
     init_std: float = 0.01           # §5: every weight ~ N(0, 0.01^2)
-    crop: int = 224                  # §2/§4.1: 224x224 patches (conv1 pads right/bottom by 3, spec §1)
+    crop: int = CROP                 # §2/§4.1: 224x224 patches (conv1 pads right/bottom by 3, spec §1)
+    # spec §2: raw 0..255 minus the mean image. "unit" (failure mode): /255, then each channel
+    # standardised with torchvision's ImageNet mean and std. A property of the data pipeline,
+    # kept here because the weights only make sense with the inputs they were trained on.
+    input_scale: str = "raw"
+
+    def __post_init__(self):
+        if self.columns not in COLUMN_CHOICES:
+            raise ConfigError(f"columns={self.columns}: the paper's net has 2 columns and its one-GPU "
+                              f"comparison net 1; choose 2 or 1")
+        if self.init not in INIT_CHOICES:
+            raise ConfigError(f"init={self.init!r}: choose 'paper' (§5) or 'torch' (PyTorch's default)")
+        if self.input_scale not in INPUT_SCALE_CHOICES:
+            raise ConfigError(f"input_scale={self.input_scale!r}: choose 'raw' (spec §2) or 'unit' (torchvision's)")
+        if self.pool_size < 1 or self.pool_stride < 1:
+            raise ConfigError(f"pooling window {self.pool_size}, stride {self.pool_stride}: both must be >= 1")
 
 
 @dataclass
@@ -33,8 +77,7 @@ class TrainConfig:
     max_lr_drops: int = 3            # §5: "reduced three times prior to termination"
     plateau_patience: int = 5        # §5 does not say how long "stops improving" is; our choice
     lr_steps: tuple = ()             # empty = plateau schedule (§5); fixed epochs otherwise
-    pca_std: float = 0.1             # §4.1: alpha_i ~ N(0, 0.1^2)
-    image_size: int = 256            # §2: images stored at 256x256
+    pca_std: float = 0.1             # §4.1: alpha_i ~ N(0, 0.1^2). 0 (ablation): no PCA colour shift
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -44,7 +87,8 @@ def to_dict(cfg):
 
 
 def from_dict(cls, data):
-    """Rebuild a config saved with `to_dict`, ignoring keys this version lacks."""
+    """Rebuild a config saved with `to_dict`, ignoring keys this version lacks
+    (older checkpoints also stored an unused `image_size`)."""
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:
@@ -56,3 +100,11 @@ def from_dict(cls, data):
             value = tuple(value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def model_differences(saved, current):
+    """'name: saved -> current' for every field that makes another network or input
+    (the init is spent once training has started; the class count is checked on its own)."""
+    return [f"{f.name}: {getattr(saved, f.name)!r} -> {getattr(current, f.name)!r}"
+            for f in fields(ModelConfig)
+            if f.name not in ("num_classes", "init", "init_std") and getattr(saved, f.name) != getattr(current, f.name)]

@@ -21,7 +21,11 @@ Layout:
     STORE/train/stats.npz         mean image (float64) and the RGB PCA (0..1 units)
 
 Inputs are raw 0..255 RGB minus the training set's per-pixel mean image; no
-division by a standard deviation (spec §2).
+division by a standard deviation (spec §2). `input_scale="unit"` (a failure
+mode of re-implementations, opt-in for the study) instead divides by 255 and
+standardises each channel with torchvision's ImageNet mean and std, as
+torchvision's `ToTensor` + `Normalize` do; the crops, flips and PCA draws stay
+the same, and the PCA shift is added to the raw pixels before the scaling.
 """
 import json
 import os
@@ -30,6 +34,7 @@ import warnings
 import numpy as np
 import torch
 
+from .config import CROP, IMAGE_SIZE
 from .errors import UsageError
 
 try:
@@ -51,11 +56,11 @@ except ImportError:            # a torchvision without image codecs: PIL does it
         with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
             return torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1)
 
-SIZE = 256                 # §2: images stored at 256x256
-CROP = 224                 # §4.1: 224x224 patches
-SPAN = SIZE - CROP + 1     # 33 offsets per axis
+SIZE = IMAGE_SIZE          # §2: images stored at 256x256
+EDGE = SIZE - CROP         # 32: the last offset of a 224 crop in a 256 image
+SPAN = EDGE + 1            # 33 offsets per axis (§4.1)
 # spec §4: four corners and the centre as (top, left), then the same five flipped.
-TEN_CROP_OFFSETS = ((0, 0), (0, 32), (32, 0), (32, 32), (16, 16))
+TEN_CROP_OFFSETS = ((0, 0), (0, EDGE), (EDGE, 0), (EDGE, EDGE), (EDGE // 2, EDGE // 2))
 CENTER = 4                 # index of the centre crop among the ten
 
 
@@ -142,8 +147,28 @@ class Store:
         return state
 
 
+# torchvision's ImageNet statistics in 0..1 units (its references' Normalize): input_scale="unit".
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+
+
 def _chw_mean(mean):
     return np.ascontiguousarray(np.asarray(mean, dtype=np.float32).transpose(2, 0, 1))
+
+
+def input_scaling(mean, input_scale="raw"):
+    """(CHW image to subtract from the raw pixels, per-channel factor to multiply by after, or None).
+
+    raw (spec §2): the mean image, no factor. unit (failure mode): torchvision's
+    x / 255 - m, divided by s, written as (x - 255 m) * 1 / (255 s).
+    """
+    if input_scale == "raw":
+        return _chw_mean(mean), None
+    if input_scale != "unit":
+        raise ValueError(f"input_scale={input_scale!r}: choose 'raw' or 'unit'")
+    offset = np.broadcast_to(255 * np.asarray(TORCHVISION_MEAN, np.float32)[:, None, None], (3, SIZE, SIZE))
+    factor = (1.0 / (255 * np.asarray(TORCHVISION_STD, np.float64))).astype(np.float32)[:, None, None]
+    return offset, factor
 
 
 def crop(image, mean_chw, top, left, flip, out=None):
@@ -171,9 +196,9 @@ class TrainTransform:
     crops, and independent across samples, workers and replicas.
     """
 
-    def __init__(self, mean, eigval, eigvec, seed=0, pca_std=0.1):
+    def __init__(self, mean, eigval, eigvec, seed=0, pca_std=0.1, input_scale="raw"):
         self.mean = np.asarray(mean, dtype=np.float32)
-        self.mean_chw = _chw_mean(mean)
+        self.mean_chw, self.factor = input_scaling(mean, input_scale)
         self.eigval, self.eigvec = np.asarray(eigval, np.float64), np.asarray(eigvec, np.float64)
         self.seed, self.pca_std, self.epoch = seed, pca_std, 0
 
@@ -192,23 +217,29 @@ class TrainTransform:
         top, left, flip, alpha = self.draw(index)
         patch = crop(image, self.mean_chw, top, left, flip)
         patch += self.shift(alpha)[:, None, None]
+        if self.factor is not None:
+            patch *= self.factor
         return torch.from_numpy(patch)
 
 
 class EvalTransform:
-    """§4: the centre crop (crops=1) or the ten crops (crops=10) of (image - mean)."""
+    """§4: the centre crop (crops=1) or the ten crops (crops=10) of (image - mean),
+    scaled as the training inputs were (`input_scale`)."""
 
-    def __init__(self, mean, crops=1):
+    def __init__(self, mean, crops=1, input_scale="raw"):
         if crops not in (1, 10):
             raise ValueError(f"crops={crops}: choose 1 (centre) or 10 (corners, centre and flips)")
-        self.mean_chw, self.crops = _chw_mean(mean), crops
+        (self.mean_chw, self.factor), self.crops = input_scaling(mean, input_scale), crops
 
     def __call__(self, image, index=None):
         if self.crops == 1:
-            return torch.from_numpy(crop(image, self.mean_chw, *TEN_CROP_OFFSETS[CENTER], False))
-        out = np.empty((10, 3, CROP, CROP), np.float32)
-        for i, (flip, (top, left)) in enumerate((f, o) for f in (False, True) for o in TEN_CROP_OFFSETS):
-            crop(image, self.mean_chw, top, left, flip, out=out[i])
+            out = crop(image, self.mean_chw, *TEN_CROP_OFFSETS[CENTER], False)
+        else:
+            out = np.empty((10, 3, CROP, CROP), np.float32)
+            for i, (flip, (top, left)) in enumerate((f, o) for f in (False, True) for o in TEN_CROP_OFFSETS):
+                crop(image, self.mean_chw, top, left, flip, out=out[i])
+        if self.factor is not None:
+            out *= self.factor
         return torch.from_numpy(out)
 
 
@@ -265,10 +296,11 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch, self.start, self.seed = state["epoch"], state["start"], state["seed"]
 
 
-def train_loader(store_root, batch_size, workers, seed=0, replicas=1, replica=0, pca_std=0.1, pin_memory=False):
+def train_loader(store_root, batch_size, workers, seed=0, replicas=1, replica=0, pca_std=0.1, input_scale="raw",
+                 pin_memory=False):
     store = Store(store_root, "train")
     mean, eigval, eigvec = load_stats(store_root)
-    transform = TrainTransform(mean, eigval, eigvec, seed, pca_std)
+    transform = TrainTransform(mean, eigval, eigvec, seed, pca_std, input_scale)
     sampler = EpochSampler(len(store), replicas, replica, shuffle=True, seed=seed, batch_size=batch_size)
     # Its own generator, so that starting an epoch never draws from torch's global
     # RNG (dropout's stream): a resumed run then reproduces an uninterrupted one.
@@ -279,12 +311,13 @@ def train_loader(store_root, batch_size, workers, seed=0, replicas=1, replica=0,
     return loader, sampler, transform
 
 
-def eval_loader(store_root, split, batch_size, workers, crops=1, replicas=1, replica=0, pin_memory=False):
+def eval_loader(store_root, split, batch_size, workers, crops=1, replicas=1, replica=0, input_scale="raw",
+                pin_memory=False):
     """Batches of (crops, label) in dataset order; pin_memory only for a CUDA consumer."""
     store = Store(store_root, split)
     mean, _, _ = load_stats(store_root)
     sampler = EpochSampler(len(store), replicas, replica, shuffle=False)
-    loader = torch.utils.data.DataLoader(StoreDataset(store, EvalTransform(mean, crops)),
+    loader = torch.utils.data.DataLoader(StoreDataset(store, EvalTransform(mean, crops, input_scale)),
                                          batch_size=batch_size, sampler=sampler, num_workers=workers,
                                          pin_memory=pin_memory, generator=torch.Generator())
     return loader, sampler

@@ -14,9 +14,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .atomic import atomic_write
+from .config import IMAGE_SIZE
 
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "hstripes", "vstripes", "checker", "diagonal", "dots")
-IMAGE_SIZE = 256
+TRAIN_PER_CLASS, VAL_PER_CLASS = 120, 20       # the demo set: 1,200 training and 200 validation images
 
 
 def _colour(rng, hue):
@@ -75,7 +76,7 @@ def draw(shape, rng, hue):
     return img
 
 
-def generate(root, train_per_class=120, val_per_class=20, classes=10, seed=0):
+def generate(root, train_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS, classes=len(SHAPES), seed=0):
     """Write root/{train,val}/<class>/*.JPEG; returns root. Existing identical files are kept."""
     if not 1 <= classes <= len(SHAPES):
         raise ValueError(f"classes={classes}: the demo set draws 1 to {len(SHAPES)} shape classes")

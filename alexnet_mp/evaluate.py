@@ -32,7 +32,7 @@ def predict(model, loader, device, crops, log=None, counts_here=True, amp=None):
     start, seen, total = time.time(), 0, len(loader.sampler)
     for step, (images, labels) in enumerate(loader):
         n = images.shape[0]
-        x = _to(images.reshape(-1, 3, 224, 224), device)
+        x = _to(images.reshape(-1, *images.shape[-3:]), device)   # crops of N images: one 10N batch
         with autocast(device, amp):
             logits = model(x)
         probs = torch.softmax(logits.float(), dim=1).reshape(n, crops, -1).cpu()

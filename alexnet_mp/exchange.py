@@ -32,6 +32,8 @@ class DeviceExchange:
     (exchange point, from device, to device) when `record=True`.
     """
 
+    columns = COLUMNS
+
     def __init__(self, devices, record=False):
         if len(devices) != COLUMNS:
             raise ValueError(f"{len(devices)} devices given: the two-device placement needs exactly 2")
@@ -137,6 +139,8 @@ class ProcessExchange:
     """One column per process: this rank's `column` of replica `replica`, joined to the
     other column through `pair`, the process group of the two (see
     `alexnet_mp.parallel.Topology`, which makes the groups)."""
+
+    columns = COLUMNS
 
     def __init__(self, device, pair, column, replica=0, reduction=None):
         self.device = torch.device(device)

@@ -1,20 +1,37 @@
-"""Load a checkpoint for inference, with what a prediction needs: classes and the mean image."""
+"""Load a checkpoint for inference, with what a prediction needs: classes and the mean image.
+
+The network comes back as it was trained: the checkpoint's config says which
+variant it is (columns, LRN, pooling, dropout, input scale), so no tool needs
+flags to rebuild it.
+"""
 import numpy as np
 import torch
 
 from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, from_dict
 from .data import load_stats, read_classes
+from .arch import columns_of
 from .placement import build
 
 
-def load_for_inference(path, data_path=None, placement="grouped", devices=None, need_mean=False, topology=None):
+def model_config(state):
+    """The ModelConfig a checkpoint was trained with. A bare state dict carries none:
+    the paper's net then, with the column count its tensor shapes show."""
+    if isinstance(state.get("config"), dict):
+        return from_dict(TrainConfig, state["config"]).model      # its dropout sets the test-time scale
+    return ModelConfig(columns=columns_of(ckpt_io.model_state(state)) or ModelConfig.columns)
+
+
+def load_for_inference(path, data_path=None, placement="grouped", devices=None, need_mean=False, state=None,
+                       topology=None):
     """(model in eval mode, class folder names, human names, mean image or None).
 
     Classes and the mean image come from the training checkpoint when it carries
     them, else from the prepared store at `data_path` (which then must match).
+    `model.config.input_scale` says how to scale its inputs (`alexnet_mp.data`).
+    `state` is the checkpoint already loaded from `path`, if the caller has it.
     """
-    state = ckpt_io.load(path)
+    state = ckpt_io.load(path) if state is None else state
     weights = ckpt_io.model_state(state)
     n = ckpt_io.num_classes(weights, path)
     meta = state.get("classes") if isinstance(state.get("classes"), dict) else None
@@ -29,12 +46,9 @@ def load_for_inference(path, data_path=None, placement="grouped", devices=None, 
     if need_mean and mean is None:
         raise ckpt_io.CheckpointError(f"{path} carries no mean image: pass --data-path with the prepared "
                                       f"store it was trained on")
-    cfg = ModelConfig()
-    if isinstance(state.get("config"), dict):
-        cfg = from_dict(TrainConfig, state["config"]).model      # its dropout sets the test-time scale
     if devices is None:
         devices = ["cuda:0" if torch.cuda.is_available() else "cpu"]
-    model = build(placement, devices, n, seed=0, config=cfg, topology=topology)
+    model = build(placement, devices, n, seed=0, config=model_config(state), topology=topology)
     model.load_canonical_state_dict(weights)
     if isinstance(mean, torch.Tensor):
         mean = mean.numpy()

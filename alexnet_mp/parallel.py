@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-COLUMNS = 2
+from .exchange import COLUMNS
 
 
 class Topology:

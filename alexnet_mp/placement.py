@@ -9,9 +9,9 @@ import socket
 
 import torch
 
+from .config import check_placement
 from .errors import UsageError
-
-from .exchange import DeviceExchange, ProcessExchange
+from .exchange import COLUMNS, DeviceExchange, ProcessExchange
 from .model import AlexNet, ColumnNet
 from .parallel import Topology, broadcast_from_first_replica
 
@@ -113,13 +113,17 @@ def torchrun_wanted(devices):
     return kinds.pop()
 
 
-def choose_placement(devices=None, cuda_count=None, warn=print):
+def choose_placement(devices=None, cuda_count=None, warn=print, columns=None):
     """Pick what can run in one process: ("two-device"|"grouped", [device names], None).
 
     Requested placements that cannot be hosted fall back to the nearest one that
-    can, with a one-line warning, instead of crashing.
+    can, with a one-line warning, instead of crashing. The one-column net
+    (`columns=1`) is grouped only: asked for in another placement, it is refused.
     """
     n = torch.cuda.device_count() if cuda_count is None else cuda_count
+    if columns not in (None, COLUMNS):
+        check_placement(columns, "two-device" if devices else "grouped")
+        return "grouped", ["cuda:0" if n else "cpu"], None
     if devices:
         wanted = [d.strip() for d in devices.split(",") if d.strip()]
         missing = [d for d in wanted if d.startswith("cuda") and

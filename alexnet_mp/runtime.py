@@ -1,5 +1,6 @@
 """Where this process sits in a launch: placement, rank, replica, and who speaks."""
 import datetime
+import itertools
 import os
 import secrets
 import socket
@@ -8,7 +9,9 @@ import time
 import torch
 import torch.distributed as dist
 
+from .config import check_placement
 from .errors import UsageError
+from .exchange import COLUMNS
 from .parallel import Topology
 from .placement import (choose_placement, gpu_identity, job_backend, local_gpu, share_identities, torchrun_env,
                         torchrun_wanted)
@@ -19,9 +22,10 @@ class TrainingError(UsageError):
 
 
 ATTEMPT_KEY = "alexnet_mp/attempt_store"
+_INITS = itertools.count()     # process groups initialised in this process (tools/study.py runs several)
 
 
-def attempt_store(shared, rank, deadline_s=600.0):
+def attempt_store(shared, rank, run_index=0, deadline_s=600.0):
     """A store of this launch attempt's own, for every key the ranks exchange.
 
     After `torchrun --max-restarts` brings the workers back, the launcher's store still
@@ -31,19 +35,21 @@ def attempt_store(shared, rank, deadline_s=600.0):
     put on a node restarted because another node's worker failed. So rank 0 serves a
     fresh store and publishes its port with a random tag; the others connect to the
     published port, retrying while it is a dead attempt's (whose server is gone).
-    Rank 0 runs on the host the launcher names in MASTER_ADDR.
+    Rank 0 runs on the host the launcher names in MASTER_ADDR. `run_index` counts the
+    runs of this process (tools/study.py trains several): each publishes under its own key.
     """
+    key = f"{ATTEMPT_KEY}/run{run_index}"
     host = os.environ.get("MASTER_ADDR", "127.0.0.1")
     if rank == 0:
         store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False,
                               timeout=datetime.timedelta(minutes=30))
         tag = secrets.token_hex(8)
         store.set("tag", tag)
-        shared.set(ATTEMPT_KEY, f"{store.port}:{tag}")
+        shared.set(key, f"{store.port}:{tag}")
         return store
     give_up = time.time() + deadline_s
     while True:
-        port, tag = shared.get(ATTEMPT_KEY).decode().split(":")
+        port, tag = shared.get(key).decode().split(":")
         if _listening(host, int(port)):      # a plain socket first: TCPStore logs every failed try
             try:
                 store = dist.TCPStore(host, int(port), is_master=False, timeout=datetime.timedelta(seconds=10))
@@ -69,24 +75,25 @@ def _listening(host, port):
 class Run:
     """Where this process sits: placement, rank, replica, and whether it speaks."""
 
-    def __init__(self, devices=None, log=print):
+    def __init__(self, devices=None, log=print, columns=None):
         env = torchrun_env()
         self.rank, self.world, local_rank = env or (0, 1, 0)
         self.distributed = env is not None
         self.main = self.rank == 0
         self.log = log if self.main else (lambda *a, **k: None)
-        if self.distributed and self.world % 2:
+        if self.distributed and self.world % COLUMNS:
             raise TrainingError(f"world size {self.world} is not a multiple of 2: the two columns need "
                                 f"2 ranks per replica (use --nproc_per_node=2, or an even total)")
         backend, self.topology = None, None
         if self.distributed:
+            check_placement(columns or COLUMNS, "rank")
             backend = self._join(devices, local_rank)
             self.topology = Topology()       # the pair and same-column groups, made once per job
         else:
-            self.placement, self.devices, _ = choose_placement(devices, warn=self.log)
-        self.replicas = self.world // 2 if self.distributed else 1
-        self.replica = self.rank // 2 if self.distributed else 0
-        self.column = self.rank % 2 if self.distributed else 0
+            self.placement, self.devices, _ = choose_placement(devices, warn=self.log, columns=columns)
+        self.replicas = self.world // COLUMNS if self.distributed else 1
+        self.replica = self.rank // COLUMNS if self.distributed else 0
+        self.column = self.rank % COLUMNS if self.distributed else 0
         where = ", ".join(self.devices) if self.placement != "rank" else \
             f"{self.world} processes ({self.replicas} replica(s) x 2 columns, {backend})"
         self.log(f"placement: {self.placement} on {where}")
@@ -95,7 +102,7 @@ class Run:
         """Rendezvous, agree on one backend for every rank, and start the process group."""
         wanted = torchrun_wanted(devices)
         store, rank, world = next(dist.rendezvous("env://"))
-        store = attempt_store(store, rank)
+        store = attempt_store(store, rank, next(_INITS))
         gpu = None if wanted == "cpu" else local_gpu(local_rank, torch.cuda.device_count())
         backend, warning = job_backend(share_identities(store, rank, world, gpu_identity(gpu)), wanted)
         if warning:

@@ -25,14 +25,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-from . import checkpoint as ckpt_io
 from .backends import amp_note, autocast, configure
-from .config import ModelConfig, TrainConfig, to_dict
+from .config import ModelConfig, TrainConfig
 from .data import eval_loader, read_classes, train_loader
 from .evaluate import errors, gather, predict
 from .optim import LRSchedule, PaperSGD, param_groups, set_lr
 from .parallel import apply_data_parallel
 from .placement import build, input_device
+from .resume import resume, save_checkpoint
 from .runtime import Run, TrainingError
 
 
@@ -76,7 +76,10 @@ def options_from_args(args):
 
 
 def config_from_args(args):
-    model = ModelConfig(dropout=args.dropout, init_std=args.init_std)
+    model = ModelConfig(dropout=args.dropout, init_std=args.init_std,
+                        # §3 ablations and failure modes (cli/train.py's "variants" flags)
+                        columns=args.columns, lrn=args.lrn, pool_size=args.pool, init=args.init,
+                        input_scale=args.input_scale)
     return TrainConfig(batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.wd, decay_biases=args.decay_biases, epochs=args.epochs,
                        plateau_patience=args.plateau_patience, lr_steps=tuple(args.lr_steps),
@@ -101,30 +104,10 @@ def _topk_errors(logits, labels):
     return hit1, hit5
 
 
-def _resume_path(opts):
-    if not opts.resume:
-        return None
-    if opts.resume == "auto":
-        path = os.path.join(opts.output_dir, "checkpoint.pt")
-        return path if os.path.isfile(path) else None
-    return opts.resume
-
-
-def _resume_state(state, model, optimizer, schedule, sampler, run):
-    """Restore everything but the weights from a training checkpoint; returns (epoch, step, best)."""
-    model.scatter_canonical(state["optimizer"]["velocity"],
-                            lambda p: optimizer.state[p].setdefault("velocity", torch.zeros_like(p)))
-    schedule.load_state_dict(state["lr_scheduler"])
-    sampler.load_state_dict(state["sampler"])
-    rngs = state["rng"]
-    if len(rngs) == run.world:       # another world size keeps its fresh streams
-        ckpt_io.set_rng_state(rngs[run.rank], model)
-    return state["epoch"], state["step"], state.get("best_val_top1_err", float("inf"))
-
-
 def validate(model, run, store, batch_size, workers, amp=None):
-    loader, _ = eval_loader(store, "val", batch_size, workers, crops=1,
-                            replicas=run.replicas, replica=run.replica, pin_memory=run.device.type == "cuda")
+    loader, _ = eval_loader(store, "val", batch_size, workers, crops=1, replicas=run.replicas,
+                            replica=run.replica, input_scale=model.config.input_scale,
+                            pin_memory=run.device.type == "cuda")
     result = gather(predict(model, loader, input_device(model), crops=1, counts_here=run.column == 0, amp=amp))
     return errors(result)
 
@@ -149,8 +132,6 @@ def demo_store_path(cache_dir):
 
 def default_cache_dir():
     return os.environ.get("ALEXNET_MP_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "alexnet_mp"))
-
-
 
 
 @dataclass
@@ -184,7 +165,7 @@ class Job:
 
 def train(args, log=print):
     """Run the training job described by parsed arguments; returns a process exit code."""
-    run = Run(args.devices, log)
+    run = Run(args.devices, log, columns=args.columns)
     try:
         return run_job(options_from_args(args), config_from_args(args), run)
     finally:
@@ -220,7 +201,7 @@ def build_job(opts, cfg, run):
     classes = read_classes(data_path)
     net = _build_net(run, len(classes["classes"]), cfg)
     loader, sampler, transform = train_loader(data_path, cfg.batch_size, opts.workers, cfg.seed,
-                                              run.replicas, run.replica, cfg.pca_std,
+                                              run.replicas, run.replica, cfg.pca_std, cfg.model.input_scale,
                                               pin_memory=run.device.type == "cuda")
     steps_per_epoch = len(sampler.indices()) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -237,23 +218,6 @@ def build_job(opts, cfg, run):
     # After loading: DDP starts by copying replica 0's weights to the others.
     job.model = apply_data_parallel(net, run.topology)
     return job
-
-
-def resume(job):
-    """Load --resume: a training checkpoint continues where it stopped; a bare state dict
-    gives its weights to a fresh run."""
-    path = _resume_path(job.opts)
-    if not path:
-        return
-    state = ckpt_io.load(path)
-    weights = ckpt_io.model_state(state)
-    ckpt_io.check_classes(weights, len(job.classes["classes"]), path, job.data_path)
-    job.net.load_canonical_state_dict(weights)
-    if weights is state:
-        job.run.log(f"starting from the weights in {path} (a bare state dict: epoch 0, fresh optimizer)")
-        return
-    job.epoch, job.step, job.best = _resume_state(state, job.net, job.optimizer, job.schedule, job.sampler, job.run)
-    job.run.log(f"resumed from {path}: epoch {job.epoch}, step {job.step}")
 
 
 def train_step(model, optimizer, x, y, amp=None):
@@ -357,29 +321,3 @@ def end_epoch(job, epoch, stop):
         run.log(f"stopped by signal after epoch {epoch}: checkpoint written to {job.ckpt_path}")
         return True
     return False
-
-
-def checkpoint_state(job, epoch):
-    """The training checkpoint, on rank 0; None on every other rank. Only replica 0's pair
-    sends its slices, to rank 0; every rank sends its generators' states."""
-    net, optimizer = job.net, job.optimizer
-    weights = net.map_canonical(lambda p: p, writer_only=True)
-    velocity = net.map_canonical(lambda p: optimizer.state[p].get("velocity", torch.zeros_like(p)),
-                                 writer_only=True)
-    rngs = job.run.gather_to_main(ckpt_io.rng_state(net))
-    if not job.run.main:
-        return None
-    return {"model": weights, "optimizer": {"velocity": velocity}, "lr_scheduler": job.schedule.state_dict(),
-            "epoch": epoch, "step": job.step, "rng": rngs, "sampler": job.sampler.state_dict(),
-            "args": {**job.opts.args, "data_path": job.data_path}, "config": to_dict(job.cfg), "classes": job.classes,
-            "best_val_top1_err": job.best,
-            "data_mean": torch.from_numpy(job.transform.mean.copy())}    # predict.py needs it with the weights
-
-
-def save_checkpoint(job, epoch, paths):
-    """One gathered state for every file in `paths` (the weights and velocity are 0.5 GB to collect)."""
-    state = checkpoint_state(job, epoch)
-    if state is not None:
-        for path in paths:
-            ckpt_io.atomic_save(state, path)
-    job.last_save = time.time()

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .arch import ARCH, COLUMNS
+
 KERNELS_PER_ROW = 16     # Figure 3 shows each column's 48 kernels as 3 rows of 16
 SCALE, PAD, GAP = 4, 2, 12
 
@@ -19,27 +21,28 @@ def kernel_tile(k):
     return np.round(255 * (k - lo) / (hi - lo if hi > lo else 1.0)).astype(np.uint8)
 
 
-def kernel_position(column, j, size=11):
+def kernel_position(column, j, size=ARCH[0].kernel, per_column=ARCH[0].maps):
     """Top-left pixel of column `column`'s kernel j in the filters grid."""
     cell = size * SCALE + PAD
-    rows = -(-48 // KERNELS_PER_ROW)
+    rows = -(-per_column // KERNELS_PER_ROW)
     block_height = PAD + rows * cell
     return PAD + (j % KERNELS_PER_ROW) * cell, column * (block_height + GAP) + PAD + (j // KERNELS_PER_ROW) * cell
 
 
-def filters_grid(conv1_weight):
-    """The 96 conv1 kernels as two blocks of 48: column 0 above, column 1 below."""
+def filters_grid(conv1_weight, columns=COLUMNS):
+    """The conv1 kernels, one block per column: the paper's 96 as two blocks of 48,
+    column 0 above, column 1 below (the one-column net's 48: one block)."""
     w = np.asarray(conv1_weight)
-    per_column, size = w.shape[0] // 2, w.shape[-1]
+    per_column, size = w.shape[0] // columns, w.shape[-1]
     cell = size * SCALE + PAD
     rows = -(-per_column // KERNELS_PER_ROW)
     width = PAD + KERNELS_PER_ROW * cell
-    height = 2 * (PAD + rows * cell) + GAP
+    height = columns * (PAD + rows * cell) + (columns - 1) * GAP
     canvas = np.full((height, width, 3), 255, np.uint8)
-    for column in range(2):
+    for column in range(columns):
         for j in range(per_column):
             tile = kernel_tile(w[column * per_column + j]).repeat(SCALE, 0).repeat(SCALE, 1)
-            x, y = kernel_position(column, j, size)
+            x, y = kernel_position(column, j, size, per_column)
             canvas[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
     return Image.fromarray(canvas)
 
@@ -60,7 +63,7 @@ def colour_specificity(kernels):
 def nearest(model, queries, loader, device, k=6):
     """(distances, indices) of each query's k nearest training images in fc7 space.
 
-    `queries` is (Q, 3, 224, 224); the loader's images stream past in batches and
+    `queries` is (Q, 3, crop, crop); the loader's images stream past in batches and
     only the k best per query are kept, so memory does not grow with the data.
     """
     model.eval()

@@ -4,6 +4,7 @@
     python tools/train.py --data-path STORE --devices cuda:0,cuda:1  # two devices, one process
     python tools/train.py --data-path STORE                          # picks a placement itself
     python tools/train.py --output-dir runs/demo -b 32 --epochs 2    # the built-in demo set
+    python tools/train.py --data-path STORE --columns 1 --no-lrn      # §3's ablations (opt-in; see --help)
 
 STORE is a folder made by tools/prepare_data.py. Resume with --resume auto.
 """

@@ -19,6 +19,8 @@ from alexnet_mp.atomic import atomic_write
 from alexnet_mp.backends import amp_note, autocast, configure, synchronize
 from alexnet_mp.cli import tool
 from alexnet_mp.cli.train import add_speed_flags
+from alexnet_mp.config import CROP
+from alexnet_mp.exchange import COLUMNS
 from alexnet_mp.optim import PaperSGD, param_groups
 
 SECTIONS = ("model", "tworank", "tencrop", "data", "lrn", "scaling")
@@ -78,7 +80,7 @@ def images_per_s(fns, images, repeats):
 
 def _batch(b, device, channels_last=False, classes=1000):
     g = torch.Generator().manual_seed(0)
-    x = (torch.randn(b, 3, 224, 224, generator=g) * 60).to(device)
+    x = (torch.randn(b, 3, CROP, CROP, generator=g) * 60).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, torch.randint(0, classes, (b,), generator=g).to(device)
@@ -138,7 +140,7 @@ def bench_tworank(args, device):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    threads = max(1, torch.get_num_threads() // 2)
+    threads = max(1, torch.get_num_threads() // COLUMNS)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "r.pt")
         mp.spawn(_tworank_worker, args=(port, args.batch_size, args.steps, args.repeats, threads, path, args.amp),
@@ -152,7 +154,7 @@ def bench_tencrop(args, device):
     from alexnet_mp.data import EpochSampler
     model = AlexNet(1000, seed=0, device=device)
     n = max(2, args.batch_size // 4)
-    crops10 = _batch(n * 10, torch.device("cpu"))[0].reshape(n, 10, 3, 224, 224)
+    crops10 = _batch(n * 10, torch.device("cpu"))[0].reshape(n, 10, 3, CROP, CROP)
     fns = []
     for crops, images in ((1, crops10[:, 4].contiguous()), (10, crops10)):
         data = torch.utils.data.TensorDataset(images, torch.zeros(n, dtype=torch.long))
@@ -202,7 +204,7 @@ def bench_data(args, device):
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
-    from alexnet_mp.data import Store, StoreDataset, TrainTransform, load_stats
+    from alexnet_mp.data import TORCHVISION_MEAN, TORCHVISION_STD, Store, StoreDataset, TrainTransform, load_stats
     from alexnet_mp.prepare import prepare
     count = 64 if args.quick else 400
     threads = torch.get_num_threads()
@@ -211,8 +213,7 @@ def bench_data(args, device):
         with tempfile.TemporaryDirectory() as d:
             _photos(os.path.join(d, "src", "train"), count, np.random.default_rng(0))
             pipelines = {"torchvision": ImageFolder(os.path.join(d, "src", "train"), T.Compose([
-                T.RandomResizedCrop(224), T.ToTensor(),
-                T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]))}
+                T.RandomResizedCrop(CROP), T.ToTensor(), T.Normalize(TORCHVISION_MEAN, TORCHVISION_STD)]))}
             for fmt in ("raw", "jpeg"):
                 store = os.path.join(d, fmt)
                 prepare(os.path.join(d, "src"), store, workers=os.cpu_count() or 1, fmt=fmt, log=lambda *a: None)

@@ -14,7 +14,8 @@ from alexnet_mp.cli import tool
 from alexnet_mp.cli.train import add_speed_flags
 from alexnet_mp.data import eval_loader
 from alexnet_mp.evaluate import gather, predict, summary
-from alexnet_mp.inference import load_for_inference
+from alexnet_mp.checkpoint import load
+from alexnet_mp.inference import load_for_inference, model_config
 from alexnet_mp.placement import input_device
 from alexnet_mp.runtime import Run
 
@@ -52,13 +53,14 @@ def table(res):
     return "\n".join(lines)
 
 
-def evaluate(args, run):
+def evaluate(args, run, state=None):
     for note in configure(run.device, args.tf32) + amp_note(args.amp):
         run.log(f"speed mode, departs from the paper's float32 arithmetic: {note}")
     model, classes, _, _ = load_for_inference(args.checkpoint, args.data_path, run.placement, run.devices,
-                                              topology=run.topology)
+                                              state=state, topology=run.topology)
     loader, _ = eval_loader(args.data_path, args.split, args.batch_size, args.workers, args.crops,
-                            run.replicas, run.replica, pin_memory=run.device.type == "cuda")
+                            run.replicas, run.replica, input_scale=model.config.input_scale,
+                            pin_memory=run.device.type == "cuda")
     result = gather(predict(model, loader, input_device(model), args.crops, log=run.log,
                             counts_here=run.column == 0, amp=args.amp))
     res = summary(result, classes, args.checkpoint, args.crops)
@@ -84,9 +86,10 @@ def evaluate(args, run):
 @tool
 def main(argv=None):
     args = parse_args(argv)
-    run = Run(args.devices)
+    state = load(args.checkpoint)      # its variant decides the placement: the 1-column net is grouped only
+    run = Run(args.devices, columns=model_config(state).columns)
     try:
-        evaluate(args, run)
+        evaluate(args, run, state)
     finally:
         run.close()
     return 0

@@ -27,7 +27,8 @@ def expand(paths):
 
 @torch.no_grad()
 def classify(model, image, transform, crops):
-    x = transform(image).reshape(crops, 3, 224, 224).to(input_device(model))
+    x = transform(image)
+    x = x.reshape(crops, *x.shape[-3:]).to(input_device(model))
     return torch.softmax(model(x).float(), dim=1).mean(0).cpu()
 
 
@@ -40,7 +41,7 @@ def main(argv=None):
     p.add_argument("--crops", type=int, choices=(1, 10), default=10)
     args = p.parse_args(argv)
     model, classes, names, mean = load_for_inference(args.checkpoint, args.data_path, need_mean=True)
-    transform = EvalTransform(mean, args.crops)
+    transform = EvalTransform(mean, args.crops, model.config.input_scale)
     failed = 0
     for path in expand(args.inputs):
         try:

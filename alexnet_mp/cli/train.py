@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 
-from alexnet_mp.config import ModelConfig, TrainConfig
 from alexnet_mp.backends import AMP_DTYPES
+from alexnet_mp.config import COLUMN_CHOICES, INIT_CHOICES, INPUT_SCALE_CHOICES, ModelConfig, TrainConfig
 from alexnet_mp.cli import tool
 from alexnet_mp.train import default_cache_dir, demo_store_path, train
 
@@ -51,6 +51,7 @@ def parser():
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms only, cudnn autotuning off: GPU runs resume bit for bit")
     p.add_argument("--cache-dir", default=default_cache_dir(), help="where the demo set is generated")
+    add_variant_flags(p)
     return p
 
 
@@ -60,6 +61,23 @@ def add_speed_flags(p):
                    help="autocast speed mode (LRN, softmax and loss stay float32); not the paper's arithmetic")
     p.add_argument("--tf32", action="store_true",
                    help="TF32 convolutions and matmuls on Ampere or newer GPUs; not the paper's float32")
+
+
+def add_variant_flags(p):
+    """§3's ablations and two failure modes of re-implementations; each departs from the paper when set.
+    --dropout 0 and --pca-std 0 are the other two ablations. All are saved in the checkpoint's config."""
+    v = p.add_argument_group("variants (departures from the paper, for tools/study.py)")
+    v.add_argument("--columns", type=int, choices=COLUMN_CHOICES, default=PAPER_MODEL.columns,
+                   help="1: §3.2's one-GPU net (conv1-4 with 48, 128, 192, 192 kernels; conv5, fc6, fc7 "
+                        "not halved); grouped placement only")
+    v.add_argument("--no-lrn", dest="lrn", action="store_false", help="drop the LRN after conv1 and conv2 (§3.3)")
+    v.add_argument("--pool", type=int, choices=(3, 2), default=PAPER_MODEL.pool_size,
+                   help="max-pool window, stride 2: 3 overlaps (§3.4), 2 does not (map sizes stay 27, 13, 6)")
+    v.add_argument("--input-scale", choices=INPUT_SCALE_CHOICES, default=PAPER_MODEL.input_scale,
+                   help="raw: 0..255 minus the mean image (spec §2); unit: /255 and torchvision's "
+                        "per-channel mean and std (a failure mode)")
+    v.add_argument("--init", choices=INIT_CHOICES, default=PAPER_MODEL.init,
+                   help="paper: N(0, 0.01^2), biases 1/0 (§5); torch: PyTorch's default (a failure mode)")
 
 
 def train_store_path(argv):

@@ -21,10 +21,12 @@ from alexnet_mp.prepare import to_256
 def filters(args):
     model, _, _, _ = load_for_inference(args.checkpoint)
     w = model.canonical_state_dict()["conv1.weight"].numpy()
-    viz.filters_grid(w).save(args.out)
+    columns = model.config.columns
+    viz.filters_grid(w, columns).save(args.out)
     scores = viz.colour_specificity(w)
-    for c in range(2):
-        print(f"column {c}: colour-specificity {scores[48 * c:48 * (c + 1)].mean():.3f} "
+    per_column = len(w) // columns
+    for c in range(columns):
+        print(f"column {c}: colour-specificity {scores[per_column * c:per_column * (c + 1)].mean():.3f} "
               f"(0 = greyscale kernels, 2/3 = one colour channel)")
     print(f"wrote {args.out}")
     return scores
@@ -44,7 +46,7 @@ def curves(args):
 def neighbours(args):
     model, _, _, mean = load_for_inference(args.checkpoint, args.data_path, need_mean=True)
     store = Store(args.data_path, "train")
-    centre = EvalTransform(mean, crops=1)
+    centre = EvalTransform(mean, crops=1, input_scale=model.config.input_scale)
     queries = []
     for path in args.query:
         try:
