@@ -30,6 +30,7 @@ def load_for_inference(path, data_path=None, placement="grouped", devices=None, 
     them, else from the prepared store at `data_path` (which then must match).
     `model.config.input_scale` says how to scale its inputs (`alexnet_mp.data`).
     `state` is the checkpoint already loaded from `path`, if the caller has it.
+    `topology`: the run's process groups, for the rank placement (made anew if None).
     """
     state = ckpt_io.load(path) if state is None else state
     weights = ckpt_io.model_state(state)
