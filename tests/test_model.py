@@ -303,3 +303,18 @@ def test_the_fused_lrn_kernels_equal_the_eager_ones():
 def _unrows_np(rows, shape):
     n, c, h, w = shape
     return rows.reshape(n, h, w, c).permute(0, 3, 1, 2).numpy()
+
+
+def test_the_network_never_imports_torch_distributed():
+    """Processes are the exchange's business (alexnet_mp.exchange) and data parallelism
+    alexnet_mp.parallel's: the model and its table must stay usable without them."""
+    import ast
+    import alexnet_mp.arch
+    import alexnet_mp.layers
+    import alexnet_mp.model
+    for module in (alexnet_mp.model, alexnet_mp.arch, alexnet_mp.layers):
+        tree = ast.parse(open(module.__file__).read())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [n for n in names if n.startswith("torch.distributed")], module.__name__
+        assert "torch" in names        # the scan sees the imports at all
