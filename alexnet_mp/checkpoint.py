@@ -13,6 +13,11 @@ import torch
 
 from .atomic import atomic_write
 from .errors import UsageError
+from .arch import canonical_shapes
+
+# What a training checkpoint needs besides its weights to continue a run exactly.
+RESUME_KEYS = {"optimizer": dict, "lr_scheduler": dict, "epoch": int, "step": int, "sampler": dict, "rng": list}
+FROM_TRAIN = "use the checkpoint.pt or model_best.pt that tools/train.py wrote"
 
 
 class CheckpointError(UsageError):
@@ -24,7 +29,9 @@ def atomic_save(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load(path):
+def load(path, resume=False):
+    """A checkpoint's dict, its weights checked against the network; `resume`: a
+    training checkpoint must also carry everything a resumed run needs."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}: pass the checkpoint.pt or model_best.pt "
                               f"that tools/train.py wrote to its --output-dir")
@@ -37,7 +44,59 @@ def load(path):
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict: "
                               f"save checkpoints with model.canonical_state_dict()")
+    weights = model_state(obj)
+    n = num_classes(weights, path)
+    check_tensors(weights, canonical_shapes(n), path)
+    if weights is not obj:
+        check_metadata(obj, n, path)
+        if resume:
+            check_resumable(obj, n, path)
     return obj
+
+
+def check_tensors(tensors, shapes, path, what=""):
+    """Every canonical tensor present, floating point, and of its shape."""
+    missing = [name for name in shapes if name not in tensors]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CheckpointError(f"checkpoint {path} lacks {what}{', '.join(missing[:3])}{more}: it is not a "
+                              f"complete alexnet_mp checkpoint; {FROM_TRAIN}")
+    for name, shape in shapes.items():
+        t = tensors[name]
+        if not (isinstance(t, torch.Tensor) and t.is_floating_point() and tuple(t.shape) == shape):
+            found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise CheckpointError(f"checkpoint {path}: {what}{name} is {found}, expected a float tensor of "
+                                  f"shape {shape}: it was saved by another network; {FROM_TRAIN}")
+
+
+def check_metadata(state, n, path):
+    """The class list and the mean image a training checkpoint carries agree with its weights."""
+    meta = state.get("classes")
+    if meta is not None:
+        classes = meta.get("classes") if isinstance(meta, dict) else None
+        if not isinstance(classes, list) or len(classes) != n:
+            listed = len(classes) if isinstance(classes, list) else "no"
+            raise CheckpointError(f"checkpoint {path} lists {listed} classes but its fc8 has {n} outputs: "
+                                  f"it was edited or mixed from two runs; {FROM_TRAIN}")
+    mean = state.get("data_mean")
+    if mean is not None and not (isinstance(mean, torch.Tensor) and tuple(mean.shape) == (256, 256, 3)):
+        found = tuple(mean.shape) if isinstance(mean, torch.Tensor) else type(mean).__name__
+        raise CheckpointError(f"checkpoint {path}: data_mean is {found}, expected the 256x256x3 mean "
+                              f"image; {FROM_TRAIN}")
+
+
+def check_resumable(state, n, path):
+    """Optimizer state, schedule, position and RNG states: without them a run cannot continue exactly."""
+    velocity = state.get("optimizer", {}).get("velocity") if isinstance(state.get("optimizer"), dict) else None
+    if not isinstance(velocity, dict):
+        raise CheckpointError(f"checkpoint {path} has weights but no optimizer state, so a run cannot "
+                              f"continue from it: {FROM_TRAIN}, or pass its weights alone "
+                              f"(torch.save(state['model'], PATH)) to start a fresh run from them")
+    check_tensors(velocity, canonical_shapes(n), path, "optimizer velocity ")
+    wrong = [k for k, kind in RESUME_KEYS.items() if not isinstance(state.get(k), kind)]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(wrong)} (or holds the wrong type), "
+                              f"needed to resume a run: {FROM_TRAIN}")
 
 
 def model_state(ckpt):
@@ -46,7 +105,7 @@ def model_state(ckpt):
 
 
 def num_classes(state, path=""):
-    if "fc8.weight" not in state:
+    if not (isinstance(state.get("fc8.weight"), torch.Tensor) and state["fc8.weight"].dim() == 2):
         raise CheckpointError(f"{path or 'the checkpoint'} has no fc8.weight: it is not an alexnet_mp "
                               f"canonical state dict (save one with canonical_state_dict())")
     return int(state["fc8.weight"].shape[0])

@@ -27,15 +27,16 @@ standardises each channel with torchvision's ImageNet mean and std, as
 torchvision's `ToTensor` + `Normalize` do; the crops, flips and PCA draws stay
 the same, and the PCA shift is added to the raw pixels before the scaling.
 """
-import json
 import os
+import signal
 import warnings
 
 import numpy as np
 import torch
 
 from .config import CROP, IMAGE_SIZE
-from .errors import UsageError
+from .rundir import close_inherited_locks
+from .storecheck import DONE, StoreError, read_classes, read_split, read_stats  # noqa: F401 (re-exported)
 
 try:
     # torchvision 0.29 marks its codecs deprecated in favour of torchcodec and warns
@@ -64,30 +65,9 @@ TEN_CROP_OFFSETS = ((0, 0), (0, EDGE), (EDGE, 0), (EDGE, EDGE), (EDGE // 2, EDGE
 CENTER = 4                 # index of the centre crop among the ten
 
 
-class StoreError(UsageError):
-    """A problem with a prepared store, worded as one line with its fix."""
-
-
-def read_classes(store):
-    path = os.path.join(store, "classes.json")
-    if not os.path.isfile(path):
-        if os.path.isdir(store) and any(os.path.isdir(os.path.join(store, d)) for d in os.listdir(store)):
-            raise StoreError(f"{store} is not a prepared store (no classes.json): prepare it with "
-                             f"`python tools/prepare_data.py {store} PREPARED_DIR`")
-        raise StoreError(f"no prepared store at {store}: make one with "
-                         f"`python tools/prepare_data.py IMAGE_DIR {store}`")
-    with open(path) as f:
-        return json.load(f)
-
-
 def load_stats(store):
     """(mean image HxWx3 float64, eigenvalues (3,), eigenvectors (3, 3) as columns)."""
-    path = os.path.join(store, "train", "stats.npz")
-    if not os.path.isfile(path):
-        raise StoreError(f"missing statistics {path}: re-run `python tools/prepare_data.py SRC {store}` "
-                         f"with the training images to compute them")
-    with np.load(path) as stats:
-        return stats["mean"], stats["eigval"], stats["eigvec"]
+    return read_stats(store)
 
 
 class Store:
@@ -97,17 +77,15 @@ class Store:
         self.root, self.split = root, split
         self.classes = read_classes(root)["classes"]
         folder = os.path.join(root, split)
-        index_path = os.path.join(folder, "index.json")
-        if not os.path.isfile(index_path):
-            raise StoreError(f"split '{split}' is missing from the store {root} (no {index_path}): "
-                             f"prepare a source tree that has a {split}/ folder")
-        with open(index_path) as f:
-            index = json.load(f)
-        status = np.fromfile(os.path.join(folder, "status.u8"), dtype=np.uint8)
+        index, status = read_split(root, split, len(self.classes))
         if (status == 0).any():
             raise StoreError(f"the store {root} is incomplete ({int((status == 0).sum())} images of "
                              f"'{split}' not converted): re-run tools/prepare_data.py to finish it")
-        self.slots = np.flatnonzero(status == 1)
+        if not (status == DONE).any():
+            raise StoreError(f"split '{split}' of the store {root} has no images ({len(status)} could not be "
+                             f"decoded, listed in {os.path.join(folder, 'report.txt')}): add readable images "
+                             f"to the source's {split}/ folder and re-run tools/prepare_data.py")
+        self.slots = np.flatnonzero(status == DONE)
         self.files = [index["files"][s] for s in self.slots]
         self.labels = np.asarray(index["labels"], dtype=np.int64)[self.slots]
         self.format = index.get("format", "raw")
@@ -296,6 +274,36 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch, self.start, self.seed = state["epoch"], state["start"], state["seed"]
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _worker_init(worker_id):
+    """DataLoader workers leave SIGTERM and SIGINT to the main process, which finishes
+    its step and checkpoints: a scheduler's `kill -- -PGID` or a Ctrl-C reaches every
+    process in the group, and a worker dying of it would abort the main process first."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)      # also drops one that arrived while blocked
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    close_inherited_locks()
+
+
+class Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers start with SIGTERM and SIGINT blocked until `_worker_init`
+    ignores them: no moment exists in which a worker can still die of one."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, worker_init_fn=_worker_init, **kwargs)
+
+    def __iter__(self):
+        if not self.num_workers:
+            return super().__iter__()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)   # a fork inherits the mask
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)   # one that came meanwhile is delivered now
+
+
 def train_loader(store_root, batch_size, workers, seed=0, replicas=1, replica=0, pca_std=0.1, input_scale="raw",
                  pin_memory=False):
     store = Store(store_root, "train")
@@ -304,10 +312,9 @@ def train_loader(store_root, batch_size, workers, seed=0, replicas=1, replica=0,
     sampler = EpochSampler(len(store), replicas, replica, shuffle=True, seed=seed, batch_size=batch_size)
     # Its own generator, so that starting an epoch never draws from torch's global
     # RNG (dropout's stream): a resumed run then reproduces an uninterrupted one.
-    loader = torch.utils.data.DataLoader(StoreDataset(store, transform), batch_size=batch_size,
-                                         sampler=sampler, num_workers=workers, drop_last=True,
-                                         pin_memory=pin_memory,
-                                         generator=torch.Generator().manual_seed(seed))
+    loader = Loader(StoreDataset(store, transform), batch_size=batch_size,
+                    sampler=sampler, num_workers=workers, drop_last=True,
+                    pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
     return loader, sampler, transform
 
 
@@ -317,7 +324,6 @@ def eval_loader(store_root, split, batch_size, workers, crops=1, replicas=1, rep
     store = Store(store_root, split)
     mean, _, _ = load_stats(store_root)
     sampler = EpochSampler(len(store), replicas, replica, shuffle=False)
-    loader = torch.utils.data.DataLoader(StoreDataset(store, EvalTransform(mean, crops, input_scale)),
-                                         batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                         pin_memory=pin_memory, generator=torch.Generator())
+    loader = Loader(StoreDataset(store, EvalTransform(mean, crops, input_scale)), batch_size=batch_size,
+                    sampler=sampler, num_workers=workers, pin_memory=pin_memory, generator=torch.Generator())
     return loader, sampler

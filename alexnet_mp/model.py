@@ -29,10 +29,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .arch import (ARCH, COLUMN_LAYERS, HEAD, RGB, _config, _fan_in, check_canonical, class_split, conv1_pad,
-                   init_canonical_state, layer_rows, width)
+from .arch import (ARCH, COLUMN_LAYERS, COLUMNS, HEAD, RGB, _config, _fan_in, canonical_shapes, check_canonical,
+                   class_split, columns_of, conv1_pad, init_canonical_state, layer_rows, map_sizes, width)
 from .config import ModelConfig, check_placement
 from .layers import ColumnLRN, ColumnStreams, PaperDropout
+
+# The table's names stay importable from here, where they lived before alexnet_mp.arch.
+__all__ = ["ARCH", "COLUMNS", "COLUMN_LAYERS", "HEAD", "AlexNet", "Canonical", "Column", "ColumnNet",
+           "canonical_shapes", "check_canonical", "class_split", "columns_of", "conv1_pad", "init_canonical_state",
+           "layer_rows", "map_sizes", "run_layer", "width"]
 
 
 def check_input(x, crop):

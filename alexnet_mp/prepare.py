@@ -13,25 +13,38 @@ import io
 import json
 import multiprocessing
 import os
+import shutil
+import signal
 import time
 
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_write
+from .atomic import atomic_write, remove_stale_temps
 from .data import SIZE, Store, StoreError
+from .rundir import claim
+from .storecheck import DONE, FAILED, FORMATS, TODO, read_split, read_stats
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-TODO, DONE, FAILED = 0, 1, 2
 CHUNK = 64
-FORMATS = ("raw", "jpeg")
 JPEG_QUALITY = 95          # with 4:4:4 chroma: colour matters to PCA and the mean image
+SPLIT_FILES = ("index.json", "status.u8", "offsets.i64", "report.txt", "stats.npz")
+GREY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")    # "I": how older Pillows open 16-bit greyscale PNGs
+
+
+def to_rgb(img):
+    """RGB uint8. 16-bit greyscale keeps its high byte (v >> 8), as Pillow itself reduces
+    16-bit RGB(A) PNGs; its convert("RGB") would clip every value above 255 to white."""
+    if img.mode in GREY_16:
+        high = np.asarray(img).astype(np.int64) >> 8
+        img = Image.fromarray(high.clip(0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")      # CMYK, greyscale, palette, PNG-behind-a-.JPEG alike
 
 
 def to_256(path):
     """§2: shorter side to 256 with an antialiasing filter, then the central 256x256, RGB uint8."""
     with Image.open(path) as img:
-        img = img.convert("RGB")      # CMYK, greyscale, palette, PNG-behind-a-.JPEG alike
+        img = to_rgb(img)
     w, h = img.size
     # Sizes and offsets round as torchvision's Resize(256) + CenterCrop(256) do.
     size = (SIZE, int(SIZE * h / w)) if w <= h else (int(SIZE * w / h), SIZE)
@@ -68,21 +81,55 @@ def scan_folders(root):
     return classes, files, labels, skipped
 
 
+def text_lines(path, what):
+    """(line number, text) of a UTF-8 file; a line that is not UTF-8 is an error naming it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    for n, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), 1):
+        try:
+            yield n, raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StoreError(f"{path} line {n} is not UTF-8 text ({raw[:40]!r}): save the {what} "
+                             f"as UTF-8") from None
+
+
 def scan_flat(root, labels_csv, classes):
-    """Files of a flat folder labelled by a CSV of `filename,class`."""
+    """Files of a flat folder labelled by a CSV of `filename,class`; a bad row is an error naming it."""
     index = {c: i for i, c in enumerate(classes)}
-    files, labels = [], []
-    with open(labels_csv, newline="") as f:
-        for row in csv.reader(f):
-            if not row or row[0].strip().lower() in ("filename", "file", "image"):
-                continue
-            name, cls = row[0].strip(), row[1].strip()
-            if cls not in index:
-                raise StoreError(f"{labels_csv}: class '{cls}' of {name} is not a training class folder: "
-                                 f"check the CSV matches the train/ tree")
-            files.append(name)
-            labels.append(index[cls])
+    files, labels, seen = [], [], {}
+    for n, line in text_lines(labels_csv, "--labels CSV"):
+        row = next(csv.reader([line]), [])
+        if not row or not "".join(row).strip() or (n == 1 and row[0].strip().lower() in ("filename", "file", "image")):
+            continue
+        where = f"--labels {labels_csv} line {n}"
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise StoreError(f"{where} ({line.strip()!r}) is not a 'filename,class' row: fix or remove it")
+        name, cls = row[0].strip(), row[1].strip()
+        if cls not in index:
+            raise StoreError(f"{where}: class '{cls}' of {name} is not a class folder of train/: "
+                             f"fix the row, or check the CSV belongs to this tree")
+        if not os.path.isfile(os.path.join(root, name)):
+            raise StoreError(f"{where}: {os.path.join(root, name)} does not exist: fix the file name "
+                             f"or remove the row")
+        if name in seen:
+            raise StoreError(f"{where}: {name} is listed again (first on line {seen[name]}): remove one row")
+        seen[name] = n
+        files.append(name)
+        labels.append(index[cls])
+    if not files:
+        raise StoreError(f"--labels {labels_csv} has no 'filename,class' rows: it must label the images "
+                         f"in {root}")
     return files, labels
+
+
+def read_names(names_file):
+    """{folder: human name} from lines '<folder> <name>' (or tab-separated, or 'folder, name')."""
+    names = {}
+    for _, line in text_lines(names_file, "--names file"):
+        parts = line.strip().split(None, 1) if "\t" not in line else line.strip().split("\t", 1)
+        if len(parts) == 2:
+            names[parts[0].rstrip(",")] = parts[1]
+    return names
 
 
 def _convert(task):
@@ -112,8 +159,25 @@ def _convert(task):
     return out
 
 
+def _leave_ctrl_c_to_the_parent():
+    # A Ctrl-C reaches the whole process group; the parent stops the pool and says so
+    # in one line, instead of every worker printing its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def write_json(path, data):
     atomic_write(path, lambda f: json.dump(data, f), "w")
+
+
+def write_json_if_changed(path, data):
+    """A re-run on a finished store writes nothing: not even the same bytes again."""
+    try:
+        with open(path, "rb") as f:
+            if json.loads(f.read()) == data:
+                return
+    except (OSError, ValueError):
+        pass
+    write_json(path, data)
 
 
 def convert_split(src, files, labels, folder, workers, fmt="raw", log=print):
@@ -121,21 +185,19 @@ def convert_split(src, files, labels, folder, workers, fmt="raw", log=print):
     if fmt not in FORMATS:
         raise StoreError(f"unknown store format '{fmt}': choose one of {', '.join(FORMATS)}")
     os.makedirs(folder, exist_ok=True)
+    remove_stale_temps(folder, SPLIT_FILES, all_of_them=True)     # prepare() holds the store's lock
     index_path, status_path = os.path.join(folder, "index.json"), os.path.join(folder, "status.u8")
     offsets_path = os.path.join(folder, "offsets.i64")
     index = {"files": files, "labels": labels, "format": fmt}
-    fresh = True
-    if os.path.isfile(index_path) and os.path.isfile(status_path):
-        with open(index_path) as f:
-            fresh = json.load(f) != index
-        if fresh:
-            log(f"{folder}: the source or --format changed since the last run; converting it again")
+    fresh = _changed(folder, index, log)
     total = len(files)
     if fresh:
-        for name in ("images.u8", "images.jpg", "offsets.i64", "stats.npz"):
+        # index.json goes first and comes back last: a rebuild cut short is seen as one next time.
+        for name in ("index.json", "images.u8", "images.jpg", "offsets.i64", "stats.npz"):
             if os.path.exists(os.path.join(folder, name)):
                 os.remove(os.path.join(folder, name))
         if fmt == "raw":
+            _check_space(folder, total * SIZE * SIZE * 3)
             with open(os.path.join(folder, "images.u8"), "wb") as f:
                 f.truncate(total * SIZE * SIZE * 3)
         else:
@@ -149,7 +211,7 @@ def convert_split(src, files, labels, folder, workers, fmt="raw", log=print):
     if todo:
         tasks = [(folder, src, total, fmt, todo[i:i + CHUNK]) for i in range(0, len(todo), CHUNK)]
         start, done, failures = time.time(), 0, {}
-        with multiprocessing.get_context("spawn").Pool(workers) as pool, \
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_leave_ctrl_c_to_the_parent) as pool, \
                 open(os.path.join(folder, "images.jpg" if fmt == "jpeg" else "images.u8"), "ab") as packed:
             for results in pool.imap_unordered(_convert, tasks):
                 for slot, state, payload in results:
@@ -173,11 +235,34 @@ def convert_split(src, files, labels, folder, workers, fmt="raw", log=print):
     return status, bool(todo)
 
 
+def _changed(folder, index, log):
+    """Whether a split must be converted from scratch: new, another source or format, or damaged."""
+    if not os.path.isfile(os.path.join(folder, "index.json")):
+        return True
+    try:
+        old, _ = read_split(os.path.dirname(folder), os.path.basename(folder), max(index["labels"], default=0) + 1)
+    except StoreError as e:
+        log(f"{e.problem}; converting {folder} again")
+        return True
+    if old != index:
+        log(f"{folder}: the source or --format changed since the last run; converting it again")
+    return old != index
+
+
+def _check_space(folder, size):
+    """The raw images file is sparse until written, and workers write it through a memory
+    map: on a full disk they would die of SIGBUS, halfway, so the space is checked first."""
+    free = shutil.disk_usage(folder).free
+    if free < size:
+        raise StoreError(f"{folder} needs {size / 2**30:.2f} GiB for the raw images and {free / 2**30:.2f} GiB "
+                         f"are free: free some space, choose another OUT, or pass --format jpeg (about 7x smaller)")
+
+
 def _write_report(folder, files, failures, fresh):
     path = os.path.join(folder, "report.txt")
     old = {}
     if os.path.isfile(path) and not fresh:
-        with open(path) as f:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
             old = dict(line.rstrip("\n").split("\t", 1) for line in f if "\t" in line)
     old.update({files[s]: reason for s, reason in failures.items()})
     atomic_write(path, lambda f: f.writelines(f"{k}\t{v}\n" for k, v in sorted(old.items())), "w")
@@ -208,15 +293,21 @@ def compute_stats(root, split="train", chunk=32):
             "cov": cov, "count": np.int64(len(slots))}
 
 
-def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", log=print):
-    """Convert SRC into the store OUT; returns {split: (converted, failed)}."""
+def scan_source(src, out, labels_csv=None, log=print):
+    """(classes, {split: (root, files, labels)}) of SRC, every problem found before OUT is touched."""
     if not os.path.isdir(src):
-        raise StoreError(f"source folder {src} does not exist: pass the folder holding train/ (and val/)")
+        what = "is a file, not a folder" if os.path.exists(src) else "does not exist"
+        raise StoreError(f"source folder {src} {what}: pass the folder holding train/ (and val/)")
     has_splits = os.path.isdir(os.path.join(src, "train"))
     train_root = os.path.join(src, "train") if has_splits else src
+    val_root = os.path.join(src, "val")
+    for root in (train_root, val_root) if has_splits else (train_root,):
+        inside = os.path.relpath(os.path.realpath(out), os.path.realpath(root))
+        if not inside.startswith(os.pardir):
+            raise StoreError(f"OUT {out} is inside the source tree {root}: a re-run would read its files as "
+                             f"images; choose an OUT outside {src}")
     classes, files, labels, skipped = scan_folders(train_root)
     splits = {"train": (train_root, files, labels)}
-    val_root = os.path.join(src, "val")
     if has_splits and os.path.isdir(val_root):
         if labels_csv:
             vfiles, vlabels = scan_flat(val_root, labels_csv, classes)
@@ -230,30 +321,48 @@ def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", lo
             remap = [classes.index(c) for c in vclasses]
             vlabels = [remap[v] for v in vlabels]
         splits["val"] = (val_root, vfiles, vlabels)
+    elif labels_csv:
+        raise StoreError(f"--labels {labels_csv} labels a flat val/ folder, and {val_root} does not exist: "
+                         f"put the validation images there, or drop --labels")
     if skipped:
         log(f"skipped {len(skipped)} non-image files (not {'/'.join(IMAGE_EXTENSIONS[:3])}...), "
             f"e.g. {skipped[0]}")
-    os.makedirs(out, exist_ok=True)
-    names = {}
-    if names_file:
-        with open(names_file) as f:
-            for line in f:
-                parts = line.strip().split(None, 1) if "\t" not in line else line.strip().split("\t", 1)
-                if len(parts) == 2:
-                    names[parts[0].rstrip(",")] = parts[1]
-    write_json(os.path.join(out, "classes.json"), {"classes": classes, "names": names})
-    counts = {}
-    for split, (root, sfiles, slabels) in splits.items():
-        folder = os.path.join(out, split)
-        status, worked = convert_split(root, sfiles, slabels, folder, workers, fmt, log)
-        counts[split] = (int((status == DONE).sum()), int((status == FAILED).sum()))
-        stats_path = os.path.join(folder, "stats.npz")
-        if split == "train" and (worked or not os.path.isfile(stats_path)):
-            log("computing the mean image and RGB PCA over the training images ...")
-            stats = compute_stats(out)
-            atomic_write(stats_path, lambda f: np.savez(f, **stats))
+    return classes, splits
+
+
+def _stats_readable(out):
+    try:
+        read_stats(out)
+        return True
+    except StoreError:
+        return False
+
+
+def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", log=print):
+    """Convert SRC into the store OUT; returns {split: (converted, failed)}.
+
+    Re-running it on a finished store writes nothing; on one cut short or damaged,
+    it converts what is missing. Two prepares on one OUT are refused (a lock)."""
+    if fmt not in FORMATS:
+        raise StoreError(f"unknown store format '{fmt}': choose one of {', '.join(FORMATS)}")
+    classes, splits = scan_source(src, out, labels_csv, log)
+    names = read_names(names_file) if names_file else {}
+    lock = claim(out, ("classes.json",), "OUT", log, record=False)
+    try:
+        write_json_if_changed(os.path.join(out, "classes.json"),
+                              {"classes": classes, "names": names, "source": os.path.abspath(src)})
+        counts = {}
+        for split, (root, sfiles, slabels) in splits.items():
+            folder = os.path.join(out, split)
+            status, worked = convert_split(root, sfiles, slabels, folder, workers, fmt, log)
+            counts[split] = (int((status == DONE).sum()), int((status == FAILED).sum()))
+            if split == "train" and (worked or not _stats_readable(out)):
+                log("computing the mean image and RGB PCA over the training images ...")
+                stats = compute_stats(out)
+                atomic_write(os.path.join(folder, "stats.npz"), lambda f: np.savez(f, **stats))
+    finally:
+        lock.release()
     for split, (ok, bad) in counts.items():
         report = f" (listed in {os.path.join(out, split, 'report.txt')})" if bad else ""
         log(f"{split}: {ok} images converted, {bad} could not be decoded{report}")
     return counts
-

@@ -52,7 +52,7 @@ def resume(job):
     path = resume_path(job.opts)
     if not path:
         return
-    state = ckpt_io.load(path)
+    state = ckpt_io.load(path, resume=True)
     _check_same_variant(state, job.cfg.model, path)
     weights = ckpt_io.model_state(state)
     ckpt_io.check_classes(weights, len(job.classes["classes"]), path, job.data_path)

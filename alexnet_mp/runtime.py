@@ -137,5 +137,8 @@ class Run:
         return out
 
     def close(self):
+        lock = getattr(self, "output_lock", None)       # set by the training pre-flight (rank 0)
+        if lock is not None:
+            lock.release()
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()

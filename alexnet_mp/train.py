@@ -13,18 +13,18 @@ request (SIGTERM) therefore takes effect up to print-freq - 1 steps late, and a
 diverging run stops at the next sync step, before anything is saved from it.
 """
 import datetime
-import json
 import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from . import preflight, rundir
 from .backends import amp_note, autocast, configure
 from .config import ModelConfig, TrainConfig
 from .data import eval_loader, read_classes, train_loader
@@ -86,14 +86,9 @@ def config_from_args(args):
                        pca_std=args.pca_std, seed=args.seed, model=model)
 
 
-def _metrics_writer(path, run):
-    if not run.main:
-        return lambda record: None
-
-    def write(record):
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    return write
+def _metrics_writer(path, run, step=0, epoch=0):
+    """Appends to metrics.jsonl, first cut back to the records the checkpoint at (step, epoch) covers."""
+    return rundir.metrics_writer(path, step, epoch, run.log) if run.main else (lambda record: None)
 
 
 def _topk_errors(logits, labels):
@@ -150,7 +145,7 @@ class Job:
     sampler: object
     transform: object
     steps_per_epoch: int
-    write_metric: object
+    write_metric: object = None    # made after resuming: it cuts metrics.jsonl back to the checkpoint
     epoch: int = 0
     step: int = 0
     best: float = float("inf")
@@ -197,8 +192,10 @@ def _build_net(run, num_classes, cfg):
 
 def build_job(opts, cfg, run):
     """Model, optimizer, schedule and data for this rank, resumed if asked."""
-    data_path = opts.data_path or demo_store(opts.cache_dir, run)
+    opts = replace(opts, data_path=opts.data_path or demo_store(opts.cache_dir, run))
+    data_path = opts.data_path
     classes = read_classes(data_path)
+    run.output_lock = preflight.check(opts, run, len(classes["classes"]))    # held until the run ends
     net = _build_net(run, len(classes["classes"]), cfg)
     loader, sampler, transform = train_loader(data_path, cfg.batch_size, opts.workers, cfg.seed,
                                               run.replicas, run.replica, cfg.pca_std, cfg.model.input_scale,
@@ -211,10 +208,10 @@ def build_job(opts, cfg, run):
     job = Job(run=run, opts=opts, cfg=cfg, data_path=data_path, classes=classes, net=net, model=net,
               optimizer=PaperSGD(param_groups(net, cfg.weight_decay, cfg.decay_biases), cfg.lr, cfg.momentum),
               schedule=LRSchedule(cfg.lr, cfg.plateau_patience, cfg.lr_drop, cfg.max_lr_drops, cfg.lr_steps),
-              loader=loader, sampler=sampler, transform=transform, steps_per_epoch=steps_per_epoch,
-              write_metric=_metrics_writer(os.path.join(opts.output_dir, "metrics.jsonl"), run))
+              loader=loader, sampler=sampler, transform=transform, steps_per_epoch=steps_per_epoch)
     resume(job)
     set_lr(job.optimizer, job.schedule.lr)
+    job.write_metric = _metrics_writer(os.path.join(opts.output_dir, "metrics.jsonl"), run, job.step, job.epoch)
     # After loading: DDP starts by copying replica 0's weights to the others.
     job.model = apply_data_parallel(net, run.topology)
     return job
@@ -316,7 +313,8 @@ def end_epoch(job, epoch, stop):
     run.log(f"Epoch: [{epoch}] val  top1_err: {top1:.4f}  top5_err: {top5:.4f}"
             + (f"  (lr now {job.schedule.lr:.6g})" if job.schedule.lr != lr_before else ""))
     best = [os.path.join(job.opts.output_dir, "model_best.pt")] if is_best else []
-    save_checkpoint(job, epoch + 1, [job.ckpt_path] + best)
+    # model_best.pt first: a kill between the two then repeats the epoch, and rewrites both.
+    save_checkpoint(job, epoch + 1, best + [job.ckpt_path])
     if run.all_sum([stop.requested])[0]:
         run.log(f"stopped by signal after epoch {epoch}: checkpoint written to {job.ckpt_path}")
         return True

@@ -2,8 +2,6 @@
 
 Grids are composed with PIL alone; only the training curves need matplotlib.
 """
-import json
-
 import numpy as np
 import torch
 from PIL import Image
@@ -94,12 +92,7 @@ def neighbours_grid(query_images, neighbour_images, size=96):
     return canvas
 
 
-def read_metrics(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def curves_figure(records, out):
+def curves_figure(records, out, fmt=None):
     """Loss, train and val top-1/top-5 error, and the learning rate against epoch."""
     import matplotlib
     matplotlib.use("Agg")
@@ -122,5 +115,5 @@ def curves_figure(records, out):
     axes[2].plot([x(r) for r in steps], [r["lr"] for r in steps])
     axes[2].set(title="learning rate", xlabel="epoch", yscale="log")
     fig.tight_layout()
-    fig.savefig(out, dpi=80)
+    fig.savefig(out, dpi=80, format=fmt)
     plt.close(fig)

@@ -43,3 +43,36 @@ def assert_one_line_error(proc, text):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and text in lines[0], proc.stderr
+
+
+def assert_one_line_result(code, capsys, text):
+    """The in-process form of assert_one_line_error: main(argv) returned 2 and printed
+    one stderr line containing `text`; returns that line."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: ") and text in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(folder):
+    """{relative path: (inode, mtime_ns, size)} of every file under `folder`: equal snapshots
+    mean nothing was written, replaced or left behind."""
+    out = {}
+    for d, _, names in os.walk(folder):
+        for name in names:
+            st = os.stat(os.path.join(d, name))
+            out[os.path.relpath(os.path.join(d, name), folder)] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
+def read_only_folder(path):
+    """A folder this process cannot create files in; skips the test where the process can
+    anyway (root with CAP_DAC_OVERRIDE; run it under `setpriv --bounding-set=-dac_override`)."""
+    import pytest
+    os.makedirs(path, mode=0o500)
+    try:
+        open(os.path.join(path, "probe"), "w").close()
+    except PermissionError:
+        return path
+    pytest.skip("this process writes into read-only folders (root)")

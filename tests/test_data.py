@@ -101,7 +101,8 @@ def test_class_list_keeps_human_names_from_a_mapping_file(quirky_tree, tmp_path)
     names.write_text("a first class, alias\nb second class\n")   # LOC_synset_mapping.txt style
     prepare(str(quirky_tree), str(tmp_path / "named"), workers=1, names_file=str(names), log=lambda *a: None)
     meta = read_classes(str(tmp_path / "named"))
-    assert meta == {"classes": ["a", "b"], "names": {"a": "first class, alias", "b": "second class"}}
+    assert meta == {"classes": ["a", "b"], "names": {"a": "first class, alias", "b": "second class"},
+                    "source": str(quirky_tree)}
 
 
 def test_rerun_does_no_work(quirky_tree, store):

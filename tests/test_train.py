@@ -205,9 +205,10 @@ def test_demo_learns_and_writes_eval_json_and_figures(tmp_path):
 
 def test_diverging_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny_store, tmp_path):
     out = tmp_path / "run"
-    _ok(run_script(train_cmd(tiny_store, out, "-b", "8", "-j", "0", "--stop-at-step", "1")))
+    # One step at lr 1e12 still has a finite loss; the resumed run's next one does not.
+    _ok(run_script(train_cmd(tiny_store, out, "-b", "8", "-j", "0", "--lr", "1e12", "--stop-at-step", "1")))
     before = (out / "checkpoint.pt").read_bytes()
-    proc = run_script(train_cmd(tiny_store, out, "-b", "8", "-j", "0", "--lr", "1e12"))
+    proc = run_script(train_cmd(tiny_store, out, "-b", "8", "-j", "0", "--resume", "auto"))
     assert_one_line_error(proc, "training diverged; lower --lr")
     assert (out / "checkpoint.pt").read_bytes() == before
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1

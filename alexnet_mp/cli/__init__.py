@@ -5,11 +5,13 @@ Every tool's `main(argv)` goes through `tool`: the project's errors
 a full disk) become one line on stderr and exit code 2. Anything else is a bug
 and keeps its traceback.
 """
+import argparse
 import errno
 import functools
 import os
 import shutil
 import sys
+import tempfile
 
 from ..errors import UsageError
 
@@ -49,10 +51,52 @@ def report(message):
         print(f"error: {message}", file=sys.stderr)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a malformed command line is one line too, not the usage block and a line."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def check_output_file(path, flag, extensions=None, example="out.json"):
+    """Before any work: `path` can be created as a file (its folder exists and takes files,
+    it is not a folder itself) and, if `extensions` are given, has one of them."""
+    if os.path.isdir(path):
+        example = f"out{extensions[0]}" if extensions else example
+        raise UsageError(f"{flag} {path} is a folder: pass a file name in it, e.g. {os.path.join(path, example)}")
+    ext = os.path.splitext(path)[1].lower()
+    if extensions and ext not in extensions:
+        raise UsageError(f"{flag} {path}: the file type '{ext}' is not one this can write; "
+                         f"end the name with one of {', '.join(extensions[:6])}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist; create it or choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {path} cannot be written in {folder} ({e.strerror}): choose a folder "
+                         f"you can write to") from None
+
+
+def shown(path):
+    """A file name for the terminal: bytes that are not UTF-8 as \\xNN escapes, as the OS has them."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _survive_undecodable_names():
+    # File names that are not valid UTF-8 reach Python as lone surrogates; printing
+    # one would raise. Shown escaped (\xe9) instead.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def tool(main):
     """Wrap a tool's main(argv): user errors -> one line and exit 2; the rest propagates."""
     @functools.wraps(main)
     def wrapped(argv=None):
+        _survive_undecodable_names()
         try:
             return main(argv) or 0
         except UsageError as e:
@@ -62,5 +106,9 @@ def tool(main):
             if line is None:
                 raise
             report(line)
+        except KeyboardInterrupt:      # training handles Ctrl-C itself; this is any other tool, or startup
+            report("interrupted (Ctrl-C): files are written whole or not at all; run the command again to "
+                   "continue")
+            return 130
         return 2
     return wrapped

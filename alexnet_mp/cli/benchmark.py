@@ -2,7 +2,6 @@
 
 The code behind tools/benchmark.py, whose docstring has the exact command lines.
 """
-import argparse
 import json
 import os
 import statistics
@@ -17,7 +16,7 @@ from torch.nn import functional as F
 from alexnet_mp import AlexNet
 from alexnet_mp.atomic import atomic_write
 from alexnet_mp.backends import amp_note, autocast, configure, synchronize
-from alexnet_mp.cli import tool
+from alexnet_mp.cli import ArgumentParser, check_output_file, tool
 from alexnet_mp.cli.train import add_speed_flags
 from alexnet_mp.config import CROP
 from alexnet_mp.exchange import COLUMNS
@@ -241,7 +240,7 @@ def _fmt(m):
 
 @tool
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Side-by-side speed ratios")
+    p = ArgumentParser(description="Side-by-side speed ratios")
     p.add_argument("sections", nargs="*",
                    help=f"any of {', '.join(SECTIONS)} (default: all)")
     p.add_argument("-b", "--batch-size", type=int, default=32)
@@ -256,6 +255,11 @@ def main(argv=None):
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         p.error(f"unknown section {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
+    for flag, value in (("-b", args.batch_size), ("--steps", args.steps), ("--repeats", args.repeats)):
+        if value < 1:
+            p.error(f"{flag} {value} is out of range: it must be at least 1")
+    if args.json:
+        check_output_file(args.json, "--json")      # before minutes of timing, not after
     if args.quick:
         args.batch_size, args.steps, args.repeats = 4, 1, 1
     device = torch.device(args.device)

@@ -2,12 +2,11 @@
 
 The code behind tools/demo.py, whose docstring has the exact command lines.
 """
-import argparse
 import os
 import sys
 import time
 
-from alexnet_mp.cli import evaluate, tool, train
+from alexnet_mp.cli import ArgumentParser, evaluate, tool, train
 
 # (flag, value, paper's value, why): printed at start and listed in the README.
 DEMO_PRESET = (
@@ -18,7 +17,7 @@ DEMO_PRESET = (
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Train, evaluate and visualise on the built-in demo set")
+    p = ArgumentParser(description="Train, evaluate and visualise on the built-in demo set")
     p.add_argument("--output-dir", default="runs/demo")
     p.add_argument("--cache-dir", default=None, help="where the demo set is generated (default: ~/.cache/alexnet_mp)")
     p.add_argument("-j", "--workers", type=int, default=min(2, os.cpu_count() or 1))
@@ -37,8 +36,9 @@ def main(argv=None):
     if args.epochs:
         preset += ["--epochs", args.epochs]
     cache = ["--cache-dir", args.cache_dir] if args.cache_dir else []
+    # --resume auto: a second demo into the same folder continues (or re-evaluates) the first.
     train_args = ["--output-dir", args.output_dir, "-j", str(args.workers), "--print-freq", "10",
-                  "--checkpoint-minutes", "0"] + cache + preset
+                  "--checkpoint-minutes", "0", "--resume", "auto"] + cache + preset
     code = train.main(train_args)
     if code:
         return code

@@ -2,7 +2,6 @@
 
 The code behind tools/evaluate.py, whose docstring has the exact command lines.
 """
-import argparse
 import csv
 import json
 import os
@@ -10,9 +9,10 @@ import sys
 
 from alexnet_mp.atomic import atomic_write
 from alexnet_mp.backends import amp_note, configure
-from alexnet_mp.cli import tool
+from alexnet_mp.cli import ArgumentParser, check_output_file, tool
 from alexnet_mp.cli.train import add_speed_flags
 from alexnet_mp.data import eval_loader
+from alexnet_mp.errors import UsageError
 from alexnet_mp.evaluate import gather, predict, summary
 from alexnet_mp.checkpoint import load
 from alexnet_mp.inference import load_for_inference, model_config
@@ -25,7 +25,7 @@ REFERENCE_ROWS = (("paper, 1 CNN, ILSVRC-2012 val, ten-crop", 40.7, 18.2),
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Ten-crop evaluation of an alexnet_mp checkpoint")
+    p = ArgumentParser(description="Ten-crop evaluation of an alexnet_mp checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-path", required=True, help="prepared store (tools/prepare_data.py)")
     p.add_argument("--split", default="val")
@@ -37,7 +37,14 @@ def parse_args(argv):
     p.add_argument("-j", "--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--predictions", help="write one CSV row per image: path, true class, top-5, probabilities")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, value, low in (("-b", args.batch_size, 1), ("-j", args.workers, 0)):
+        if value < low:
+            raise UsageError(f"{flag} {value} is out of range: it must be at least {low}")
+    for flag, path, example in (("--json", args.json, "eval.json"), ("--predictions", args.predictions, "p.csv")):
+        if path:
+            check_output_file(path, flag, example=example)      # before the evaluation, not after it
+    return args
 
 
 def table(res):
@@ -53,14 +60,15 @@ def table(res):
     return "\n".join(lines)
 
 
-def evaluate(args, run, state=None):
+def evaluate(args, run, state):
     for note in configure(run.device, args.tf32) + amp_note(args.amp):
         run.log(f"speed mode, departs from the paper's float32 arithmetic: {note}")
+    # The store before the weights: its checks take milliseconds, building the model seconds.
+    loader, _ = eval_loader(args.data_path, args.split, args.batch_size, args.workers, args.crops,
+                            run.replicas, run.replica, input_scale=model_config(state).input_scale,
+                            pin_memory=run.device.type == "cuda")
     model, classes, _, _ = load_for_inference(args.checkpoint, args.data_path, run.placement, run.devices,
                                               state=state, topology=run.topology)
-    loader, _ = eval_loader(args.data_path, args.split, args.batch_size, args.workers, args.crops,
-                            run.replicas, run.replica, input_scale=model.config.input_scale,
-                            pin_memory=run.device.type == "cuda")
     result = gather(predict(model, loader, input_device(model), args.crops, log=run.log,
                             counts_here=run.column == 0, amp=args.amp))
     res = summary(result, classes, args.checkpoint, args.crops)

@@ -2,27 +2,35 @@
 
 The code behind tools/predict.py, whose docstring has the exact command lines.
 """
-import argparse
 import os
 import sys
 
 import torch
 
 from alexnet_mp.data import EvalTransform
-from alexnet_mp.cli import tool
+from alexnet_mp.cli import ArgumentParser, shown, tool
+from alexnet_mp.errors import UsageError
 from alexnet_mp.inference import load_for_inference
 from alexnet_mp.placement import input_device
-from alexnet_mp.prepare import to_256
+from alexnet_mp.prepare import IMAGE_EXTENSIONS, to_256
 
 
 def expand(paths):
+    """The images to classify: files as given (whatever their name), and the files with an
+    image extension in folders. Every input must exist, and some image must be found."""
+    found = []
     for path in paths:
+        if not os.path.exists(path):
+            raise UsageError(f"{path} does not exist: pass image files or folders holding them")
         if os.path.isdir(path):
-            for d, _, names in sorted(os.walk(path)):
-                for name in sorted(names):
-                    yield os.path.join(d, name)
+            found += [os.path.join(d, name) for d, _, names in sorted(os.walk(path))
+                      for name in sorted(names) if name.lower().endswith(IMAGE_EXTENSIONS)]
         else:
-            yield path
+            found.append(path)
+    if not found:
+        raise UsageError(f"no images in {', '.join(paths)} (none ends in {'/'.join(IMAGE_EXTENSIONS[:3])}...): "
+                         f"pass image files or folders holding them")
+    return found
 
 
 @torch.no_grad()
@@ -34,29 +42,33 @@ def classify(model, image, transform, crops):
 
 @tool
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Top-5 classes of images")
+    p = ArgumentParser(description="Top-5 classes of images")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-path", help="prepared store, for a bare state dict's classes and mean image")
     p.add_argument("--crops", type=int, choices=(1, 10), default=10)
     args = p.parse_args(argv)
+    paths = expand(args.inputs)
     model, classes, names, mean = load_for_inference(args.checkpoint, args.data_path, need_mean=True)
     transform = EvalTransform(mean, args.crops, model.config.input_scale)
     failed = 0
-    for path in expand(args.inputs):
+    for path in paths:
         try:
             image = to_256(path)
         except Exception as e:
-            print(f"{path}: not an image ({type(e).__name__}), skipped")
+            print(f"{shown(path)}: not an image ({type(e).__name__}), skipped")
             failed += 1
             continue
         probs = classify(model, image, transform, args.crops)
         top = probs.topk(min(5, len(classes)))
-        print(path)
+        print(shown(path))
         for prob, i in zip(top.values.tolist(), top.indices.tolist()):
             label = classes[i] + (f" ({names[classes[i]]})" if classes[i] in names else "")
             print(f"  {prob:6.3f}  {label}")
-    return 1 if failed and failed == len(list(expand(args.inputs))) else 0
+    if failed == len(paths):
+        raise UsageError(f"none of the {failed} file(s) could be read as an image (each is listed above): "
+                         f"pass JPEG or PNG files")
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,16 +2,15 @@
 
 The code behind tools/prepare_data.py, whose docstring has the exact command lines.
 """
-import argparse
 import os
 import sys
 
-from alexnet_mp.cli import tool
+from alexnet_mp.cli import ArgumentParser, tool
 from alexnet_mp.prepare import prepare
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("src", help="image tree: train/<class>/*, val/<class>/* (or class folders)")
     p.add_argument("out", help="folder for the prepared store")
     p.add_argument("-j", "--workers", type=int, default=os.cpu_count(), help="conversion processes")

@@ -3,12 +3,15 @@
 The code behind tools/train.py, whose docstring has the exact command lines.
 """
 import argparse
+import math
 import os
+import re
 import sys
 
 from alexnet_mp.backends import AMP_DTYPES
 from alexnet_mp.config import COLUMN_CHOICES, INIT_CHOICES, INPUT_SCALE_CHOICES, ModelConfig, TrainConfig
-from alexnet_mp.cli import tool
+from alexnet_mp.cli import ArgumentParser, tool
+from alexnet_mp.errors import UsageError
 from alexnet_mp.train import default_cache_dir, demo_store_path, train
 
 PAPER, PAPER_MODEL = TrainConfig(), ModelConfig()
@@ -22,7 +25,7 @@ def _ints(text):
 
 
 def parser():
-    p = argparse.ArgumentParser(description="Train the paper's two-column AlexNet")
+    p = ArgumentParser(description="Train the paper's two-column AlexNet")
     p.add_argument("--data-path", help="prepared store (tools/prepare_data.py); default: the demo set")
     p.add_argument("--output-dir", default="runs/alexnet", help="checkpoints and metrics.jsonl")
     p.add_argument("--devices", help="two devices for the two-device placement, e.g. cuda:0,cuda:1; under "
@@ -78,6 +81,47 @@ def add_variant_flags(p):
                         "per-channel mean and std (a failure mode)")
     v.add_argument("--init", choices=INIT_CHOICES, default=PAPER_MODEL.init,
                    help="paper: N(0, 0.01^2), biases 1/0 (§5); torch: PyTorch's default (a failure mode)")
+# (flag, attribute, accepted, what it must be): checked before anything is read or built.
+RANGES = (
+    ("-b", "batch_size", lambda v: v > 0, "a positive number of images per replica"),
+    ("-j", "workers", lambda v: v >= 0, "0 (load in the main process) or more worker processes"),
+    ("--epochs", "epochs", lambda v: v > 0, "a positive number of epochs"),
+    ("--lr", "lr", lambda v: 0 < v < math.inf, "a positive learning rate, e.g. 0.01"),
+    ("--momentum", "momentum", lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.9"),
+    ("--wd", "wd", lambda v: 0 <= v < math.inf, "0 or a positive weight decay, e.g. 0.0005"),
+    ("--dropout", "dropout", lambda v: 0 <= v < 1, "a probability in [0, 1), e.g. 0.5"),
+    ("--init-std", "init_std", lambda v: 0 < v < math.inf, "a positive standard deviation, e.g. 0.01"),
+    ("--pca-std", "pca_std", lambda v: 0 <= v < math.inf, "0 (no colour shift) or a positive std, e.g. 0.1"),
+    ("--plateau-patience", "plateau_patience", lambda v: v >= 1, "at least 1 epoch"),
+    ("--print-freq", "print_freq", lambda v: v > 0, "a positive number of steps"),
+    ("--checkpoint-minutes", "checkpoint_minutes", lambda v: 0 <= v < math.inf, "0 (off) or more minutes"),
+    ("--stop-at-step", "stop_at_step", lambda v: v >= 0, "0 (off) or a step number"),
+    ("--seed", "seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2^32)"),
+)
+DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+def check_args(args):
+    """Every argument's range, before anything is read or built: one line naming the flag and the fix."""
+    for flag, name, ok, what in RANGES:
+        value = getattr(args, name)
+        if not ok(value):     # NaN fails every comparison, so it lands here too
+            raise UsageError(f"{flag} {value} is out of range: it must be {what}")
+    if args.lr_steps and (min(args.lr_steps) <= 0 or args.lr_steps != sorted(set(args.lr_steps))):
+        raise UsageError(f"--lr-steps {','.join(map(str, args.lr_steps))} must be increasing positive epochs, "
+                         f"e.g. 30,60,80")
+    if args.devices is not None:
+        names = [d.strip() for d in args.devices.split(",")]
+        bad = [d for d in names if not DEVICE.match(d)]
+        if bad or not names:
+            raise UsageError(f"--devices {args.devices}: '{bad[0] if bad else ''}' is not a device; "
+                             f"write two devices as cuda:0,cuda:1 (or cpu,cpu)")
+    if args.resume not in (None, "auto") and not os.path.isfile(args.resume):
+        raise UsageError(f"--resume {args.resume}: no such file; pass 'auto' (OUTPUT_DIR/checkpoint.pt "
+                         f"if present) or the path of a checkpoint.pt")
+    return args
+
+
 
 
 def train_store_path(argv):
@@ -88,7 +132,7 @@ def train_store_path(argv):
 
 @tool
 def main(argv=None):
-    return train(parser().parse_args(argv))
+    return train(check_args(parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
