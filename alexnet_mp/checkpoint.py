@@ -7,13 +7,15 @@ saved with torch.save.
 """
 import os
 import random
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from .atomic import atomic_write
 from .errors import UsageError
-from .arch import canonical_shapes
+from .config import ModelConfig, TrainConfig, from_dict
+from .arch import canonical_shapes, columns_of
 
 # What a training checkpoint needs besides its weights to continue a run exactly.
 RESUME_KEYS = {"optimizer": dict, "lr_scheduler": dict, "epoch": int, "step": int, "sampler": dict, "rng": list}
@@ -46,12 +48,28 @@ def load(path, resume=False):
                               f"save checkpoints with model.canonical_state_dict()")
     weights = model_state(obj)
     n = num_classes(weights, path)
-    check_tensors(weights, canonical_shapes(n), path)
+    check_tensors(weights, shapes_of(obj), path)
     if weights is not obj:
         check_metadata(obj, n, path)
         if resume:
-            check_resumable(obj, n, path)
+            check_resumable(obj, path)
     return obj
+
+
+def model_config(ckpt):
+    """The ModelConfig a checkpoint was trained with. A bare state dict carries none:
+    the paper's net then, with the column count its tensor shapes show."""
+    weights = model_state(ckpt)
+    if isinstance(ckpt.get("config"), dict):
+        cfg = from_dict(TrainConfig, ckpt["config"]).model      # its dropout sets the test-time scale
+    else:
+        cfg = ModelConfig(columns=columns_of(weights) or ModelConfig.columns)
+    return replace(cfg, num_classes=int(weights["fc8.weight"].shape[0])) if "fc8.weight" in weights else cfg
+
+
+def shapes_of(ckpt):
+    """The canonical shapes of the variant a checkpoint says it holds."""
+    return canonical_shapes(config=model_config(ckpt))
 
 
 def check_tensors(tensors, shapes, path, what=""):
@@ -85,14 +103,14 @@ def check_metadata(state, n, path):
                               f"image; {FROM_TRAIN}")
 
 
-def check_resumable(state, n, path):
+def check_resumable(state, path):
     """Optimizer state, schedule, position and RNG states: without them a run cannot continue exactly."""
     velocity = state.get("optimizer", {}).get("velocity") if isinstance(state.get("optimizer"), dict) else None
     if not isinstance(velocity, dict):
         raise CheckpointError(f"checkpoint {path} has weights but no optimizer state, so a run cannot "
                               f"continue from it: {FROM_TRAIN}, or pass its weights alone "
                               f"(torch.save(state['model'], PATH)) to start a fresh run from them")
-    check_tensors(velocity, canonical_shapes(n), path, "optimizer velocity ")
+    check_tensors(velocity, shapes_of(state), path, "optimizer velocity ")
     wrong = [k for k, kind in RESUME_KEYS.items() if not isinstance(state.get(k), kind)]
     if wrong:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(wrong)} (or holds the wrong type), "

@@ -8,18 +8,8 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt_io
-from .config import ModelConfig, TrainConfig, from_dict
 from .data import load_stats, read_classes
-from .arch import columns_of
 from .placement import build
-
-
-def model_config(state):
-    """The ModelConfig a checkpoint was trained with. A bare state dict carries none:
-    the paper's net then, with the column count its tensor shapes show."""
-    if isinstance(state.get("config"), dict):
-        return from_dict(TrainConfig, state["config"]).model      # its dropout sets the test-time scale
-    return ModelConfig(columns=columns_of(ckpt_io.model_state(state)) or ModelConfig.columns)
 
 
 def load_for_inference(path, data_path=None, placement="grouped", devices=None, need_mean=False, state=None,
@@ -49,7 +39,7 @@ def load_for_inference(path, data_path=None, placement="grouped", devices=None, 
                                       f"store it was trained on")
     if devices is None:
         devices = ["cuda:0" if torch.cuda.is_available() else "cpu"]
-    model = build(placement, devices, n, seed=0, config=model_config(state), topology=topology)
+    model = build(placement, devices, n, seed=0, config=ckpt_io.model_config(state), topology=topology)
     model.load_canonical_state_dict(weights)
     if isinstance(mean, torch.Tensor):
         mean = mean.numpy()

@@ -52,8 +52,10 @@ def resume(job):
     path = resume_path(job.opts)
     if not path:
         return
-    state = ckpt_io.load(path, resume=True)
-    _check_same_variant(state, job.cfg.model, path)
+    state = ckpt_io.load(path)
+    _check_same_variant(state, job.cfg.model, path)     # the network first: the likelier mistake
+    if ckpt_io.model_state(state) is not state:
+        ckpt_io.check_resumable(state, path)
     weights = ckpt_io.model_state(state)
     ckpt_io.check_classes(weights, len(job.classes["classes"]), path, job.data_path)
     job.net.load_canonical_state_dict(weights)

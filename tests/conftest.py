@@ -10,13 +10,17 @@ from alexnet_mp.prepare import prepare
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def make_store(base, train_per_class, val_per_class):
+    """The 10 demo classes with this many images each, prepared under `base`; returns the store."""
+    src = demo_data.generate(str(base / "src"), train_per_class=train_per_class, val_per_class=val_per_class)
+    prepare(src, str(base / "store"), workers=1, log=lambda *a: None)
+    return str(base / "store")
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory):
     """10 demo classes, 4 training and 2 validation images each, prepared."""
-    base = tmp_path_factory.mktemp("tiny")
-    src = demo_data.generate(str(base / "src"), train_per_class=4, val_per_class=2)
-    prepare(src, str(base / "store"), workers=1, log=lambda *a: None)
-    return str(base / "store")
+    return make_store(tmp_path_factory.mktemp("tiny"), 4, 2)
 
 
 def run_script(args, env=None, timeout=600):

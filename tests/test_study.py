@@ -5,18 +5,16 @@ import sys
 
 import pytest
 
-from alexnet_mp import demo_data, study
+from alexnet_mp import study
 from alexnet_mp.cli import study as study_cli
-from alexnet_mp.prepare import prepare
+
+from .conftest import make_store
 
 
 @pytest.fixture(scope="module")
 def micro_store(tmp_path_factory):
     """10 demo classes, 2 training and 1 validation image each: a study's runs in seconds."""
-    base = tmp_path_factory.mktemp("micro")
-    src = demo_data.generate(str(base / "src"), train_per_class=2, val_per_class=1)
-    prepare(src, str(base / "store"), workers=1, log=lambda *a: None)
-    return str(base / "store")
+    return make_store(tmp_path_factory.mktemp("micro"), 2, 1)
 
 
 def _record(variant, seed, top1, top5, loss=1.0):

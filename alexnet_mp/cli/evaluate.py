@@ -11,11 +11,11 @@ from alexnet_mp.atomic import atomic_write
 from alexnet_mp.backends import amp_note, configure
 from alexnet_mp.cli import ArgumentParser, check_output_file, tool
 from alexnet_mp.cli.train import add_speed_flags
-from alexnet_mp.data import eval_loader
+from alexnet_mp.data import Store, eval_loader
 from alexnet_mp.errors import UsageError
 from alexnet_mp.evaluate import gather, predict, summary
-from alexnet_mp.checkpoint import load
-from alexnet_mp.inference import load_for_inference, model_config
+from alexnet_mp.checkpoint import load, model_config
+from alexnet_mp.inference import load_for_inference
 from alexnet_mp.placement import input_device
 from alexnet_mp.runtime import Run
 
@@ -63,7 +63,6 @@ def table(res):
 def evaluate(args, run, state):
     for note in configure(run.device, args.tf32) + amp_note(args.amp):
         run.log(f"speed mode, departs from the paper's float32 arithmetic: {note}")
-    # The store before the weights: its checks take milliseconds, building the model seconds.
     loader, _ = eval_loader(args.data_path, args.split, args.batch_size, args.workers, args.crops,
                             run.replicas, run.replica, input_scale=model_config(state).input_scale,
                             pin_memory=run.device.type == "cuda")
@@ -94,6 +93,7 @@ def evaluate(args, run, state):
 @tool
 def main(argv=None):
     args = parse_args(argv)
+    Store(args.data_path, args.split)  # the store's checks take milliseconds, the checkpoint's load seconds
     state = load(args.checkpoint)      # its variant decides the placement: the 1-column net is grouped only
     run = Run(args.devices, columns=model_config(state).columns)
     try:
