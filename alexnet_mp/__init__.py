@@ -8,7 +8,8 @@ import os
 # It must be set before torch makes its first large allocation.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 from .config import ModelConfig, TrainConfig
-from .model import ARCH, AlexNet, ColumnNet, canonical_shapes, init_canonical_state
+from .arch import ARCH, canonical_shapes, init_canonical_state
+from .model import AlexNet, ColumnNet
 from .placement import rank_alexnet, two_device_alexnet
 
 __all__ = ["ARCH", "AlexNet", "ColumnNet", "ModelConfig", "TrainConfig", "canonical_shapes",

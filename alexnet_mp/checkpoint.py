@@ -15,7 +15,7 @@ import torch
 from .atomic import atomic_write
 from .errors import UsageError
 from .config import ModelConfig, TrainConfig, from_dict
-from .model import canonical_shapes, columns_of
+from .arch import canonical_shapes, columns_of
 
 # What a training checkpoint needs besides its weights to continue a run exactly.
 RESUME_KEYS = {"optimizer": dict, "lr_scheduler": dict, "epoch": int, "step": int, "sampler": dict, "rng": list}

@@ -278,8 +278,8 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _worker_init(worker_id):
-    """DataLoader workers leave SIGTERM and SIGINT to the main process, which finishes
-    its step and checkpoints: a scheduler's `kill -- -PGID` or a Ctrl-C reaches every
+    """DataLoader workers leave SIGTERM and SIGINT to the main process, which stops at
+    its next log step and checkpoints: a scheduler's `kill -- -PGID` or a Ctrl-C reaches every
     process in the group, and a worker dying of it would abort the main process first."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)      # also drops one that arrived while blocked

@@ -1,27 +1,32 @@
-"""How the two columns exchange activations: the only module that knows about
-devices and processes. The model calls three methods of an exchange object:
+"""How the two columns exchange activations: the only module of the network that
+knows about devices and processes. The model calls three methods of an exchange:
 
-* `share(hs, point)`: before conv3, fc6, fc7. Each column gets every column's
-  activations (column 0 first, along dim 1). Each column then computes its own
-  half of the next layer, so a column's activations feed both halves, and their
-  gradient is the SUM of what both halves send back.
-* `to_head(hs, point)`: before fc8, which is kept whole (spec §1). The head and
-  the loss after it are one computation, so each column's gradient is just its
-  own slice of the head's input gradient.
-* `collect(slices)`: the full canonical tensor from the columns' dim-0 slices.
+* `share(hs, point)`: before conv3, fc6, fc7 and fc8 (§3.2, Figure 2). Each column
+  gets every column's activations (column 0 first, along dim 1). Each column then
+  computes its own half of the next layer, so a column's activations feed both
+  halves, and their gradient is the SUM of what both halves send back.
+* `join(hs, point, widths)`: the columns' halves of one output side by side (the
+  logits: each column computed its own classes of fc8). Whatever reads the joined
+  tensor (the loss) is one computation, so each column's gradient is just its own
+  slice of the joined tensor's gradient.
+* `collect(slices, sizes, writer_only)`: the full canonical tensor from the
+  columns' dim-0 slices (for checkpoints).
 
 `DeviceExchange` holds both columns in one process; autograd's cross-device
 copies already sum gradients. `ProcessExchange` holds one column per process;
-its autograd functions below do the gathering, in a mirrored pair.
+its autograd functions below do the gathering, in a mirrored pair. Averaging
+gradients over data-parallel replicas is not an exchange between columns: it
+lives in `alexnet_mp.parallel`.
 """
 import torch
 import torch.distributed as dist
+from torch.nn import functional as F
 
 COLUMNS = 2
 
 
 class DeviceExchange:
-    """Column c on devices[c], in one process; fc8 lives on devices[0].
+    """Column c on devices[c], in one process; the joined logits live on devices[0].
 
     Every tensor that crosses devices is recorded in `self.crossings` as
     (exchange point, from device, to device) when `record=True`.
@@ -34,7 +39,6 @@ class DeviceExchange:
             raise ValueError(f"{len(devices)} devices given: the two-device placement needs exactly 2")
         self.devices = [torch.device(d) for d in devices]
         self.local_columns = list(enumerate(self.devices))
-        self.head_device = self.devices[0]
         self.crossings = [] if record else None
 
     def _move(self, t, device, point):
@@ -47,11 +51,22 @@ class DeviceExchange:
     def share(self, hs, point):
         return [torch.cat([self._move(h, dev, point) for h in hs], 1) for dev in self.devices]
 
-    def to_head(self, hs, point):
-        return torch.cat([self._move(h, self.head_device, point) for h in hs], 1)
+    def join(self, hs, point, widths):
+        return torch.cat([self._move(h, self.devices[0], point) for h in hs], 1)
 
-    def collect(self, slices):
+    def collect(self, slices, sizes, writer_only=False):
         return torch.cat([s.cpu() for s in slices], 0)
+
+
+def backward_reduction(backend):
+    """How the gathers' backward sums the two columns' gradients of a shared activation.
+
+    Each column needs only its own slice of the sum. NCCL's reduce-scatter sends just
+    that: half the bytes of an all-reduce followed by a slice. gloo keeps the all-reduce,
+    its long-tested path on the CPU (it has a reduce-scatter too; `ProcessExchange`
+    takes `reduction=` to run it, which the tests do).
+    """
+    return "reduce_scatter" if backend == "nccl" else "all_reduce"
 
 
 def _channels_last(t):
@@ -72,99 +87,91 @@ def _gather(x, group):
     return _channels_first(torch.cat(parts, -1))
 
 
-def _own_slice(grad, column, width):
-    return grad.narrow(1, column * width, width)
+def column_chunks(grad):
+    """The gradient of a gathered activation, (N, 2C[, H, W]), as (2, N[, H, W], C): chunk c
+    is column c's channels, contiguous, as a reduce-scatter splits its input."""
+    g = _channels_last(grad)
+    return g.unflatten(-1, (COLUMNS, g.shape[-1] // COLUMNS)).movedim(-2, 0).contiguous()
 
 
 class _GatherSumBack(torch.autograd.Function):
     """forward: gather columns; backward: sum the columns' gradients, keep own slice."""
 
     @staticmethod
-    def forward(ctx, x, group, column):
-        ctx.group, ctx.column, ctx.width = group, column, x.shape[1]
-        return _gather(x, group)
+    def forward(ctx, x, exchange):
+        ctx.exchange, ctx.width = exchange, x.shape[1]
+        return _gather(x, exchange.pair)
 
     @staticmethod
     def backward(ctx, grad):
+        ex = ctx.exchange
+        if ex.reduction == "reduce_scatter":
+            chunks = column_chunks(grad)
+            own = torch.empty_like(chunks[0])
+            dist.reduce_scatter_single(own, chunks.flatten(0, 1), group=ex.pair)    # chunks end to end
+            return _channels_first(own), None
         summed = _channels_last(grad).clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(summed, group=ctx.group)
-        return _own_slice(_channels_first(summed), ctx.column, ctx.width), None, None
+        dist.all_reduce(summed, group=ex.pair)
+        return _channels_first(summed).narrow(1, ex.column * ctx.width, ctx.width), None
 
 
 class _GatherKeepBack(torch.autograd.Function):
-    """forward: gather columns; backward: keep own slice."""
+    """forward: gather columns' (N, widths[c]) outputs side by side; backward: keep own slice.
+
+    all_gather needs equal sizes, so a column with fewer classes (an odd class count)
+    pads its slice with zero columns, and the padding is cut off after the gather."""
 
     @staticmethod
-    def forward(ctx, x, group, column):
-        ctx.column, ctx.width = column, x.shape[1]
-        return _gather(x, group)
+    def forward(ctx, x, exchange, widths):
+        ctx.start = sum(widths[:exchange.column])
+        ctx.width = widths[exchange.column]
+        own = F.pad(x, (0, max(widths) - x.shape[1])).contiguous()
+        parts = [torch.empty_like(own) for _ in range(COLUMNS)]
+        dist.all_gather(parts, own, group=exchange.pair)
+        return torch.cat([p[:, :w] for p, w in zip(parts, widths)], 1)
 
     @staticmethod
     def backward(ctx, grad):
-        return _own_slice(grad, ctx.column, ctx.width), None, None
+        return grad.narrow(1, ctx.start, ctx.width), None, None
 
 
 class ProcessExchange:
-    """One column per process. Ranks (2r, 2r+1) are replica r's two columns.
-
-    The process group must already be initialised (torchrun + init_process_group).
-    Every rank creates every subgroup, in the same order, as torch.distributed
-    requires.
-    """
+    """One column per process: this rank's `column` of replica `replica`, joined to the
+    other column through `pair`, the process group of the two (see
+    `alexnet_mp.parallel.Topology`, which makes the groups)."""
 
     columns = COLUMNS
 
-    def __init__(self, device):
-        world, rank = dist.get_world_size(), dist.get_rank()
-        if world % COLUMNS:
-            raise ValueError(f"world size {world} is not a multiple of 2: the two columns need "
-                             f"2 ranks per replica (launch with --nproc_per_node=2 or an even count)")
-        self.column, self.replica, self.replicas = rank % COLUMNS, rank // COLUMNS, world // COLUMNS
-        pairs = [dist.new_group([COLUMNS * r + c for c in range(COLUMNS)]) for r in range(self.replicas)]
-        same_column = [dist.new_group(list(range(c, world, COLUMNS))) for c in range(COLUMNS)]
-        self.pair = pairs[self.replica]
-        self.column_group = same_column[self.column]
+    def __init__(self, device, pair, column, replica=0, reduction=None):
         self.device = torch.device(device)
-        self.local_columns = [(self.column, self.device)]
-        self.head_device = self.device
+        self.pair, self.column, self.replica = pair, column, replica
+        self.local_columns = [(column, self.device)]
+        self.reduction = reduction or backward_reduction(dist.get_backend(pair))
 
     def share(self, hs, point):
         (h,) = hs
-        return [_GatherSumBack.apply(h, self.pair, self.column)]
+        return [_GatherSumBack.apply(h, self)]
 
-    def to_head(self, hs, point):
+    def join(self, hs, point, widths):
         (h,) = hs
-        return _GatherKeepBack.apply(h, self.pair, self.column)
+        return _GatherKeepBack.apply(h, self, tuple(widths))
 
-    def collect(self, slices):
+    def collect(self, slices, sizes, writer_only=False):
+        """The canonical tensor from both columns' rows (`sizes` of them), on every rank of
+        the pair; `writer_only`: on global rank 0 only, and no other rank gathers anything
+        (the other replicas hold the same weights)."""
         (s,) = slices
-        parts = [torch.empty_like(s) for _ in range(COLUMNS)]
-        dist.all_gather(parts, s.contiguous(), group=self.pair)
-        return torch.cat([p.cpu() for p in parts], 0)
-
-    def _average(self, tensors, group, size):
-        if not tensors:
-            return
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.all_reduce(flat, group=group)
-        flat.div_(size)
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset:offset + t.numel()].view_as(t))
-            offset += t.numel()
-
-    def average_gradients(self, model):
-        """Data parallel: same-column ranks average; fc8, replicated on every rank, averages over all."""
-        column = [p.grad for p in model.columns.parameters() if p.grad is not None]
-        head = [p.grad for p in model.fc8.parameters() if p.grad is not None]
-        if self.replicas > 1:
-            self._average(column, self.column_group, self.replicas)
-        self._average(head, None, dist.get_world_size())
-
-    def sync_parameters(self, model):
-        """Make every replica start from replica 0's weights, whatever each rank's RNG did."""
-        with torch.no_grad():
-            for p in model.columns.parameters():
-                dist.broadcast(p, src=self.column, group=self.column_group)
-            for p in model.fc8.parameters():
-                dist.broadcast(p, src=0)
+        own = s.contiguous()
+        if own.shape[0] < max(sizes):          # equal sizes for the collective: pad fc8's rows
+            own = torch.cat([own, own.new_zeros((max(sizes) - own.shape[0],) + own.shape[1:])])
+        if writer_only:
+            if self.replica != 0:
+                return None
+            parts = [torch.empty_like(own) for _ in range(COLUMNS)] if self.column == 0 else None
+            dist.gather(own, parts, group=self.pair, group_dst=0)
+            if parts is None:
+                return None
+        else:
+            parts = [torch.empty_like(own) for _ in range(COLUMNS)]
+            dist.all_gather(parts, own, group=self.pair)
+        return torch.cat([p[:n].cpu() for p, n in zip(parts, sizes)], 0)

@@ -12,13 +12,15 @@ from .data import load_stats, read_classes
 from .placement import build
 
 
-def load_for_inference(path, data_path=None, placement="grouped", devices=None, need_mean=False, state=None):
+def load_for_inference(path, data_path=None, placement="grouped", devices=None, need_mean=False, state=None,
+                       topology=None):
     """(model in eval mode, class folder names, human names, mean image or None).
 
     Classes and the mean image come from the training checkpoint when it carries
     them, else from the prepared store at `data_path` (which then must match).
     `model.config.input_scale` says how to scale its inputs (`alexnet_mp.data`).
     `state` is the checkpoint already loaded from `path`, if the caller has it.
+    `topology`: the run's process groups, for the rank placement (made anew if None).
     """
     state = ckpt_io.load(path) if state is None else state
     weights = ckpt_io.model_state(state)
@@ -37,7 +39,7 @@ def load_for_inference(path, data_path=None, placement="grouped", devices=None, 
                                       f"store it was trained on")
     if devices is None:
         devices = ["cuda:0" if torch.cuda.is_available() else "cpu"]
-    model = build(placement, devices, n, seed=0, config=ckpt_io.model_config(state))
+    model = build(placement, devices, n, seed=0, config=ckpt_io.model_config(state), topology=topology)
     model.load_canonical_state_dict(weights)
     if isinstance(mean, torch.Tensor):
         mean = mean.numpy()

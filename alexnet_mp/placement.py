@@ -13,26 +13,32 @@ from .config import check_placement
 from .errors import UsageError
 from .exchange import COLUMNS, DeviceExchange, ProcessExchange
 from .model import AlexNet, ColumnNet
+from .parallel import Topology, broadcast_from_first_replica
 
 
 def two_device_alexnet(devices=("cuda:0", "cuda:1"), num_classes=1000, *, seed=None,
                        config=None, record_crossings=False, init=True):
-    """Column 0 on devices[0] (with fc8), column 1 on devices[1]; activations cross
-    devices only at conv3, fc6, fc7 and fc8."""
+    """Column 0 on devices[0], column 1 on devices[1], each with its half of fc8's
+    classes; activations cross devices only at conv3, fc6, fc7 and fc8, and column 1's
+    logits join column 0's on devices[0]."""
     return ColumnNet(DeviceExchange(devices, record=record_crossings), num_classes,
                      seed=seed, config=config, init=init)
 
 
-def rank_alexnet(device, num_classes=1000, *, seed=None, config=None):
-    """This rank's column (rank % 2) of replica rank // 2, fc8 replicated.
+def rank_alexnet(device, num_classes=1000, *, seed=None, config=None, topology=None):
+    """This rank's column (rank % 2) of replica rank // 2, with its half of fc8's classes.
 
-    All ranks start from the same full weights: with a `seed` every rank draws
+    All replicas start from the same full weights: with a `seed` every rank draws
     them identically; with seed=None (torch's global generator, which may differ
-    per process) they are broadcast from the first replica instead.
+    per process) they are broadcast from the first replica instead. `topology`
+    (`alexnet_mp.parallel.Topology`) is made here if not given; pass the same one
+    to `apply_data_parallel` for k > 1 replicas.
     """
-    net = ColumnNet(ProcessExchange(device), num_classes, seed=seed, config=config)
+    topology = topology or Topology()
+    exchange = ProcessExchange(device, topology.pair, topology.column, topology.replica)
+    net = ColumnNet(exchange, num_classes, seed=seed, config=config)
     if seed is None:
-        net.exchange.sync_parameters(net)
+        broadcast_from_first_replica(net, topology)
     return net
 
 
@@ -134,9 +140,9 @@ def choose_placement(devices=None, cuda_count=None, warn=print, columns=None):
     return "grouped", ["cuda:0" if n == 1 else "cpu"], None
 
 
-def build(placement, device_names, num_classes, *, seed=None, config=None):
+def build(placement, device_names, num_classes, *, seed=None, config=None, topology=None):
     if placement == "rank":
-        return rank_alexnet(device_names[0], num_classes, seed=seed, config=config)
+        return rank_alexnet(device_names[0], num_classes, seed=seed, config=config, topology=topology)
     if placement == "two-device":
         return two_device_alexnet(device_names, num_classes, seed=seed, config=config)
     return AlexNet(num_classes, seed=seed, config=config, device=device_names[0])

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from .data import Store, load_stats
 from .errors import UsageError
-from .model import canonical_shapes
+from .arch import canonical_shapes
 from .rundir import claim
 
 OUTPUT_FILES = ("checkpoint.pt", "model_best.pt", "metrics.jsonl")

@@ -1,27 +1,43 @@
-"""The training run behind tools/train.py: placement, recipe (§5), checkpoints and faults."""
+"""The training run behind tools/train.py: placement, recipe (§5), checkpoints and faults.
+
+Laid out as torchvision's classification reference: `train` converts the
+arguments once (`Options`, `TrainConfig`), `build_job` builds the model, data,
+optimizer and resumes; then each epoch is `train_one_epoch`, `end_epoch`
+(validate, schedule, log) and `save_checkpoint`.
+
+Host synchronisation: a step that does not log never waits for the device or
+for another rank. The loss stays a tensor; the stop and checkpoint-due votes and
+the check for a non-finite loss or weights run on the sync steps only: every
+--print-freq steps, the epoch's last step and the --stop-at-step step. A stop
+request (SIGTERM) therefore takes effect up to print-freq - 1 steps late, and a
+diverging run stops at the next sync step, before anything is saved from it.
+"""
 import datetime
 import math
 import os
 import signal
 import time
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn import functional as F
 
-from . import checkpoint as ckpt_io
 from . import preflight, rundir
 from .backends import amp_note, autocast, configure
-from .config import ModelConfig, TrainConfig, from_dict, model_differences, to_dict
+from .config import ModelConfig, TrainConfig
 from .data import eval_loader, read_classes, train_loader
 from .evaluate import errors, gather, predict
 from .optim import LRSchedule, PaperSGD, param_groups, set_lr
+from .parallel import apply_data_parallel
 from .placement import build, input_device
+from .resume import resume, save_checkpoint
 from .runtime import Run, TrainingError
 
 
 class StopFlag:
-    """SIGTERM/SIGINT ask for a clean stop at the end of the current step."""
+    """SIGTERM/SIGINT ask for a clean stop; honoured at the next sync step."""
 
     def __init__(self):
         self.requested = False
@@ -33,6 +49,30 @@ class StopFlag:
     def restore(self):
         for s, handler in self._old.items():
             signal.signal(s, handler)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line asks of this run beyond the recipe (`TrainConfig`)."""
+    data_path: str = None          # None: the demo set, generated into cache_dir
+    output_dir: str = "runs/alexnet"
+    workers: int = 0
+    resume: str = None
+    checkpoint_minutes: float = 30.0
+    print_freq: int = 10
+    stop_at_step: int = 0
+    amp: str = None
+    tf32: bool = False
+    deterministic: bool = False
+    cache_dir: str = ""
+    args: dict = field(default_factory=dict)     # the arguments as given, kept in checkpoints
+
+
+def options_from_args(args):
+    return Options(data_path=args.data_path, output_dir=args.output_dir, workers=args.workers,
+                   resume=args.resume, checkpoint_minutes=args.checkpoint_minutes, print_freq=args.print_freq,
+                   stop_at_step=args.stop_at_step, amp=args.amp, tf32=args.tf32,
+                   deterministic=args.deterministic, cache_dir=args.cache_dir, args=dict(vars(args)))
 
 
 def config_from_args(args):
@@ -57,36 +97,6 @@ def _topk_errors(logits, labels):
     hit1 = (top[:, 0] == labels).float().sum().item()
     hit5 = (top == labels[:, None]).any(dim=1).float().sum().item()
     return hit1, hit5
-
-
-def _resume_path(args):
-    if not args.resume:
-        return None
-    if args.resume == "auto":
-        path = os.path.join(args.output_dir, "checkpoint.pt")
-        return path if os.path.isfile(path) else None
-    return args.resume
-
-
-def _resume_state(state, model, optimizer, schedule, sampler, run):
-    """Restore everything but the weights from a training checkpoint; returns (epoch, step, best)."""
-    model.scatter_canonical(state["optimizer"]["velocity"],
-                            lambda p: optimizer.state[p].setdefault("velocity", torch.zeros_like(p)))
-    schedule.load_state_dict(state["lr_scheduler"])
-    sampler.load_state_dict(state["sampler"])
-    rngs = state["rng"]
-    if len(rngs) == run.world:       # another world size keeps its fresh streams
-        ckpt_io.set_rng_state(rngs[run.rank], model)
-    return state["epoch"], state["step"], state.get("best_val_top1_err", float("inf"))
-
-
-def _check_same_variant(state, model_cfg, path):
-    """A resumed run keeps its network: LRN or pooling flags that changed would go unnoticed."""
-    if isinstance(state.get("config"), dict):
-        changed = model_differences(from_dict(TrainConfig, state["config"]).model, model_cfg)
-        if changed:
-            raise TrainingError(f"{path} was trained as another variant ({'; '.join(changed)}): "
-                                f"resume with its flags, or train into a new --output-dir")
 
 
 def validate(model, run, store, batch_size, workers, amp=None):
@@ -119,149 +129,193 @@ def default_cache_dir():
     return os.environ.get("ALEXNET_MP_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "alexnet_mp"))
 
 
+@dataclass
+class Job:
+    """Everything a training run holds, and where it stands (epoch, step, best)."""
+    run: Run
+    opts: Options
+    cfg: TrainConfig
+    data_path: str
+    classes: dict
+    net: nn.Module            # the placement: checkpoints and validation go through it
+    model: nn.Module          # what a training step runs: `net`, or DDP around it
+    optimizer: PaperSGD
+    schedule: LRSchedule
+    loader: object
+    sampler: object
+    transform: object
+    steps_per_epoch: int
+    write_metric: object = None    # made after resuming: it cuts metrics.jsonl back to the checkpoint
+    epoch: int = 0
+    step: int = 0
+    best: float = float("inf")
+    last_save: float = field(default_factory=time.time)
+    mean_loss: float = float("nan")
+    rate: float = float("nan")
+
+    @property
+    def ckpt_path(self):
+        return os.path.join(self.opts.output_dir, "checkpoint.pt")
+
+
 def train(args, log=print):
     """Run the training job described by parsed arguments; returns a process exit code."""
     run = Run(args.devices, log, columns=args.columns)
     try:
-        return _train(args, run)
+        return run_job(options_from_args(args), config_from_args(args), run)
     finally:
         run.close()
 
 
-def _train(args, run):
-    cfg = config_from_args(args)
-    for note in configure(run.device, args.tf32, args.deterministic) + amp_note(args.amp):
+def run_job(opts, cfg, run):
+    for note in configure(run.device, opts.tf32, opts.deterministic) + amp_note(opts.amp):
         run.log(f"speed mode, departs from the paper's float32 arithmetic: {note}")
-    if args.data_path is None:
-        args.data_path = demo_store(args.cache_dir, run)
-    classes = read_classes(args.data_path)
-    num_classes = len(classes["classes"])
-    run.output_lock = preflight.check(args, run, num_classes)    # held until the run ends
-    torch.manual_seed(cfg.seed + run.rank)     # dropout masks: each rank its own stream
-    model = build(run.placement, run.devices, num_classes, seed=cfg.seed, config=cfg.model)
+    job = build_job(opts, cfg, run)
+    stop = StopFlag()
+    try:
+        for epoch in range(job.epoch, cfg.epochs):
+            if train_one_epoch(job, epoch, stop) or end_epoch(job, epoch, stop):
+                return 0
+    finally:
+        stop.restore()
+    run.log(f"done: {cfg.epochs} epochs, best val top-1 error {job.best:.4f}; checkpoints in {opts.output_dir}")
+    return 0
+
+
+def _build_net(run, num_classes, cfg):
+    torch.manual_seed(cfg.seed + run.rank)     # torch's global generator: each rank its own
+    net = build(run.placement, run.devices, num_classes, seed=cfg.seed, config=cfg.model, topology=run.topology)
     if run.device.type == "cuda":       # the weights too: cudnn's fastest convs want both channels_last
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    optimizer = PaperSGD(param_groups(model, cfg.weight_decay, cfg.decay_biases), cfg.lr, cfg.momentum)
-    schedule = LRSchedule(cfg.lr, cfg.plateau_patience, cfg.lr_drop, cfg.max_lr_drops, cfg.lr_steps)
-    loader, sampler, transform = train_loader(args.data_path, cfg.batch_size, args.workers, cfg.seed,
+        net = net.to(memory_format=torch.channels_last)
+    return net.train()
+
+
+def build_job(opts, cfg, run):
+    """Model, optimizer, schedule and data for this rank, resumed if asked."""
+    opts = replace(opts, data_path=opts.data_path or demo_store(opts.cache_dir, run))
+    data_path = opts.data_path
+    classes = read_classes(data_path)
+    run.output_lock = preflight.check(opts, run, len(classes["classes"]))    # held until the run ends
+    net = _build_net(run, len(classes["classes"]), cfg)
+    loader, sampler, transform = train_loader(data_path, cfg.batch_size, opts.workers, cfg.seed,
                                               run.replicas, run.replica, cfg.pca_std, cfg.model.input_scale,
                                               pin_memory=run.device.type == "cuda")
     steps_per_epoch = len(sampler.indices()) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise TrainingError(f"{args.data_path} has {sampler.size} training images, fewer than one batch of "
+        raise TrainingError(f"{data_path} has {sampler.size} training images, fewer than one batch of "
                             f"{cfg.batch_size} for each of {run.replicas} replica(s): lower -b")
-    os.makedirs(args.output_dir, exist_ok=True)
-    ckpt_path = os.path.join(args.output_dir, "checkpoint.pt")
-    start_epoch, step, best = 0, 0, float("inf")
-    path = _resume_path(args)
-    if path:
-        state = ckpt_io.load(path)
-        _check_same_variant(state, cfg.model, path)     # the network first: the likelier mistake
-        if ckpt_io.model_state(state) is not state:
-            ckpt_io.check_resumable(state, path)
-        weights = ckpt_io.model_state(state)
-        ckpt_io.check_classes(weights, num_classes, path, args.data_path)
-        model.load_canonical_state_dict(weights)
-        if weights is state:       # a bare state dict: its weights, and a fresh run from them
-            run.log(f"starting from the weights in {path} (a bare state dict: epoch 0, fresh optimizer)")
-        else:
-            start_epoch, step, best = _resume_state(state, model, optimizer, schedule, sampler, run)
-            run.log(f"resumed from {path}: epoch {start_epoch}, step {step}")
-    set_lr(optimizer, schedule.lr)
-    data_mean = torch.from_numpy(transform.mean.copy())    # predict.py needs it with the weights
-    write_metric = _metrics_writer(os.path.join(args.output_dir, "metrics.jsonl"), run, step, start_epoch)
+    os.makedirs(opts.output_dir, exist_ok=True)
+    job = Job(run=run, opts=opts, cfg=cfg, data_path=data_path, classes=classes, net=net, model=net,
+              optimizer=PaperSGD(param_groups(net, cfg.weight_decay, cfg.decay_biases), cfg.lr, cfg.momentum),
+              schedule=LRSchedule(cfg.lr, cfg.plateau_patience, cfg.lr_drop, cfg.max_lr_drops, cfg.lr_steps),
+              loader=loader, sampler=sampler, transform=transform, steps_per_epoch=steps_per_epoch)
+    resume(job)
+    set_lr(job.optimizer, job.schedule.lr)
+    job.write_metric = _metrics_writer(os.path.join(opts.output_dir, "metrics.jsonl"), run, job.step, job.epoch)
+    # After loading: DDP starts by copying replica 0's weights to the others.
+    job.model = apply_data_parallel(net, run.topology)
+    return job
 
-    def save(epoch, to=(ckpt_path,)):
-        velocity = model.map_canonical(lambda p: optimizer.state[p].get("velocity", torch.zeros_like(p)))
-        rng = ckpt_io.rng_state(model)
-        rngs = [rng]
-        if run.distributed:
-            rngs = [None] * run.world
-            dist.all_gather_object(rngs, rng)
-        state = {"model": model.canonical_state_dict(), "optimizer": {"velocity": velocity},
-                 "lr_scheduler": schedule.state_dict(), "epoch": epoch, "step": step, "rng": rngs,
-                 "sampler": sampler.state_dict(), "args": {k: v for k, v in vars(args).items()},
-                 "config": to_dict(cfg), "classes": classes, "best_val_top1_err": best,
-                 "data_mean": data_mean}
-        if run.main:
-            for path in to:
-                ckpt_io.atomic_save(state, path)
 
-    stop = StopFlag()
-    last_save = time.time()
-    mean_loss = rate = float("nan")
-    device = input_device(model)
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            sampler.epoch = transform.epoch = epoch
-            model.train()
-            t0 = t_data = time.time()
-            done_in_epoch, steps_here = sampler.start // cfg.batch_size, 0
-            for images, labels in loader:
-                data_time = time.time() - t_data
-                x, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                with autocast(device, args.amp):
-                    logits = model(x)
-                loss = F.cross_entropy(logits.float(), y.to(logits.device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if run.distributed:
-                    model.exchange.average_gradients(model)
-                due = args.checkpoint_minutes > 0 and time.time() - last_save > 60 * args.checkpoint_minutes
-                loss_sum, stop_votes, due_votes = run.all_sum([loss.item(), stop.requested, due])
-                mean_loss = loss_sum / run.world
-                if not math.isfinite(mean_loss):
-                    raise TrainingError(f"loss is {mean_loss} at epoch {epoch} step {step}: training diverged; "
-                                        f"lower --lr (the last good checkpoint, {ckpt_path}, is untouched)")
-                optimizer.step()
-                step += 1
-                done_in_epoch += 1
-                steps_here += 1
-                sampler.start += cfg.batch_size
-                if done_in_epoch % args.print_freq == 0 or done_in_epoch == steps_per_epoch:
-                    elapsed = time.time() - t0
-                    rate = cfg.batch_size * run.replicas * steps_here / max(elapsed, 1e-9)
-                    eta = (steps_per_epoch - done_in_epoch) * elapsed / steps_here
-                    n = y.numel()
-                    hit1, hit5 = _topk_errors(logits.detach(), y.to(logits.device))
-                    record = {"epoch": epoch, "step": step, "loss": mean_loss, "lr": schedule.lr,
-                              "img_per_s": rate, "train_top1_err": 1 - hit1 / n, "train_top5_err": 1 - hit5 / n,
-                              "data_time": data_time}
-                    run.log(f"Epoch: [{epoch}]  [{done_in_epoch:>{len(str(steps_per_epoch))}}/{steps_per_epoch}]  "
-                            f"eta: {datetime.timedelta(seconds=int(eta))}  lr: {schedule.lr:.6g}  "
-                            f"loss: {mean_loss:.4f}  top1_err: {record['train_top1_err']:.3f}  "
-                            f"top5_err: {record['train_top5_err']:.3f}  img/s: {rate:.1f}  data: {data_time:.3f}")
-                    write_metric(record)
-                if args.stop_at_step and step >= args.stop_at_step:
-                    stop_votes = 1
-                if stop_votes:
-                    save(epoch)
-                    run.log(f"stopped by signal at epoch {epoch} step {step}: checkpoint written to {ckpt_path}; "
-                            f"continue with --resume auto")
-                    return 0
-                if due_votes:
-                    save(epoch)
-                    last_save = time.time()
-                t_data = time.time()
-            sampler.start = 0
-            top1, top5 = validate(model, run, args.data_path, cfg.batch_size, args.workers, args.amp)
-            lr_before = schedule.lr
-            set_lr(optimizer, schedule.step(epoch, top1))
-            is_best = top1 < best
-            best = min(best, top1)
-            write_metric({"epoch": epoch, "step": step, "loss": mean_loss, "lr": lr_before,
-                          "img_per_s": rate, "val_top1_err": top1, "val_top5_err": top5})
-            run.log(f"Epoch: [{epoch}] val  top1_err: {top1:.4f}  top5_err: {top5:.4f}"
-                    + (f"  (lr now {schedule.lr:.6g})" if schedule.lr != lr_before else ""))
-            # One gathered state for both files: the model and velocity are 0.5 GB to collect.
-            # model_best.pt first: a kill between the two then repeats the epoch, and rewrites both.
-            save(epoch + 1, to=((os.path.join(args.output_dir, "model_best.pt"),) if is_best else ()) + (ckpt_path,))
-            last_save = time.time()
-            if run.all_sum([stop.requested])[0]:
-                run.log(f"stopped by signal after epoch {epoch}: checkpoint written to {ckpt_path}")
-                return 0
-    finally:
-        stop.restore()
-    run.log(f"done: {cfg.epochs} epochs, best val top-1 error {best:.4f}; checkpoints in {args.output_dir}")
-    return 0
+def train_step(model, optimizer, x, y, amp=None):
+    """Forward, backward (DDP averages gradients while it runs), update. Returns the loss
+    and the logits as tensors: reading them would wait for the device."""
+    with autocast(x.device, amp):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y.to(logits.device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def train_one_epoch(job, epoch, stop):
+    """The epoch's steps from the sampler's position; True when the run stopped (checkpoint written)."""
+    cfg, opts = job.cfg, job.opts
+    job.sampler.epoch = job.transform.epoch = epoch
+    job.model.train()
+    device = input_device(job.net)
+    clock = {"start": time.time(), "done": job.sampler.start // cfg.batch_size, "steps": 0}
+    t_data = time.time()
+    for images, labels in job.loader:
+        data_time = time.time() - t_data
+        x, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        loss, logits = train_step(job.model, job.optimizer, x, y, opts.amp)
+        job.step += 1
+        clock["done"] += 1
+        clock["steps"] += 1
+        job.sampler.start += cfg.batch_size
+        log_due = clock["done"] % opts.print_freq == 0 or clock["done"] == job.steps_per_epoch
+        stop_at = bool(opts.stop_at_step) and job.step >= opts.stop_at_step
+        if log_due or stop_at:              # the only host synchronisation of a step
+            stop_vote, due_vote = sync_step(job, epoch, loss, stop)
+            if log_due:
+                log_step(job, epoch, clock, logits, y.to(logits.device), data_time)
+            if stop_vote or stop_at:
+                save_checkpoint(job, epoch, [job.ckpt_path])
+                job.run.log(f"stopped by signal at epoch {epoch} step {job.step}: checkpoint written to "
+                            f"{job.ckpt_path}; continue with --resume auto")
+                return True
+            if due_vote:
+                save_checkpoint(job, epoch, [job.ckpt_path])
+        t_data = time.time()
+    job.sampler.start = 0
+    return False
+
+
+def _weights_finite(net):
+    return bool(torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all())
+
+
+def sync_step(job, epoch, loss, stop):
+    """Mean loss over ranks, the stop and checkpoint-due votes, and a stop with one line if
+    any rank's loss or weights are not finite (so no checkpoint is written from them).
+    Returns (stop voted, checkpoint due)."""
+    opts = job.opts
+    due = opts.checkpoint_minutes > 0 and time.time() - job.last_save > 60 * opts.checkpoint_minutes
+    loss_sum, stops, dues, bad = job.run.all_sum([loss.item(), stop.requested, due, not _weights_finite(job.net)])
+    job.mean_loss = loss_sum / job.run.world
+    if bad or not math.isfinite(job.mean_loss):
+        what = f"loss is {job.mean_loss}" if not math.isfinite(job.mean_loss) else "weights are not finite"
+        raise TrainingError(f"{what} at epoch {epoch} step {job.step}: training diverged; lower --lr "
+                            f"(the last good checkpoint, {job.ckpt_path}, is untouched)")
+    return stops > 0, dues > 0
+
+
+def log_step(job, epoch, clock, logits, y, data_time):
+    """One metrics record and console line (rank 0): this step's loss and top-k, speed, eta."""
+    cfg, run, total = job.cfg, job.run, job.steps_per_epoch
+    elapsed = time.time() - clock["start"]
+    job.rate = cfg.batch_size * run.replicas * clock["steps"] / max(elapsed, 1e-9)
+    eta = (total - clock["done"]) * elapsed / clock["steps"]
+    hit1, hit5 = _topk_errors(logits, y)
+    n = y.numel()
+    record = {"epoch": epoch, "step": job.step, "loss": job.mean_loss, "lr": job.schedule.lr,
+              "img_per_s": job.rate, "train_top1_err": 1 - hit1 / n, "train_top5_err": 1 - hit5 / n,
+              "data_time": data_time}
+    run.log(f"Epoch: [{epoch}]  [{clock['done']:>{len(str(total))}}/{total}]  "
+            f"eta: {datetime.timedelta(seconds=int(eta))}  lr: {job.schedule.lr:.6g}  "
+            f"loss: {job.mean_loss:.4f}  top1_err: {record['train_top1_err']:.3f}  "
+            f"top5_err: {record['train_top5_err']:.3f}  img/s: {job.rate:.1f}  data: {data_time:.3f}")
+    job.write_metric(record)
+
+
+def end_epoch(job, epoch, stop):
+    """Validate, step the schedule, log, checkpoint; True when a stop was asked for."""
+    run = job.run
+    top1, top5 = validate(job.net, run, job.data_path, job.cfg.batch_size, job.opts.workers, job.opts.amp)
+    lr_before = job.schedule.lr
+    set_lr(job.optimizer, job.schedule.step(epoch, top1))
+    is_best = top1 < job.best
+    job.best = min(job.best, top1)
+    job.write_metric({"epoch": epoch, "step": job.step, "loss": job.mean_loss, "lr": lr_before,
+                      "img_per_s": job.rate, "val_top1_err": top1, "val_top5_err": top5})
+    run.log(f"Epoch: [{epoch}] val  top1_err: {top1:.4f}  top5_err: {top5:.4f}"
+            + (f"  (lr now {job.schedule.lr:.6g})" if job.schedule.lr != lr_before else ""))
+    best = [os.path.join(job.opts.output_dir, "model_best.pt")] if is_best else []
+    # model_best.pt first: a kill between the two then repeats the epoch, and rewrites both.
+    save_checkpoint(job, epoch + 1, best + [job.ckpt_path])
+    if run.all_sum([stop.requested])[0]:
+        run.log(f"stopped by signal after epoch {epoch}: checkpoint written to {job.ckpt_path}")
+        return True
+    return False

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .model import ARCH, COLUMNS
+from .arch import ARCH, COLUMNS
 
 KERNELS_PER_ROW = 16     # Figure 3 shows each column's 48 kernels as 3 rows of 16
 SCALE, PAD, GAP = 4, 2, 12

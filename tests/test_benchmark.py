@@ -17,6 +17,13 @@ def test_quick_benchmark_writes_every_ratio(tmp_path):
     assert res["amp"] is None and res["tf32"] is False
     assert "(a) torchvision alexnet" in proc.stdout and "ten-crop costs" in proc.stdout
     assert "(c) 2-rank placement (2 gloo processes, CPU)" in proc.stdout
+    scaling = res["scaling"]
+    assert scaling["indicative"] and "INDICATIVE" in proc.stdout
+    for pairs in ("1", "2"):
+        row = scaling["pairs"][pairs]
+        assert row["step_s"] > 0 and row["exchange_s"] > 0 and row["processes"] == 2 * int(pairs)
+    assert scaling["pairs"]["1"]["exposed_dp_s"] == 0          # one pair: nothing to average
+    assert scaling["pairs"]["2"]["dp_allreduce_alone_s"] > 0
 
 
 def test_the_two_rank_row_never_sets_a_cpu_gloo_pair_against_a_gpu(monkeypatch):

@@ -98,7 +98,8 @@ def test_two_device_placement_across_cuda_and_cpu_equals_grouped_and_crosses_fou
     got = _step(model, x.cuda(), y)
     _assert_same_step(got, ref)
     points = [p for p, _, _ in model.exchange.crossings]
-    assert sorted(points) == ["conv3", "conv3", "fc6", "fc6", "fc7", "fc7", "fc8"]
+    # Each column computes half of fc8 from both columns' fc7, then column 1's logits join column 0's.
+    assert sorted(points) == ["conv3", "conv3", "fc6", "fc6", "fc7", "fc7", "fc8", "fc8", "logits"]
 
 
 @two_gpus

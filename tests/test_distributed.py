@@ -4,6 +4,7 @@ import torch
 from torch.nn import functional as F
 
 from alexnet_mp import AlexNet, ModelConfig, rank_alexnet
+from alexnet_mp.parallel import Topology, apply_data_parallel
 
 from .helpers import assert_close_rel, run_ranks
 
@@ -19,14 +20,15 @@ def batch(n=4):
 def _rank_step(rank, world, mode):
     x, y = batch()
     cfg = NO_DROPOUT if mode == "train" else ModelConfig()
-    model = rank_alexnet("cpu", NUM_CLASSES, seed=1, config=cfg)
+    topology = Topology()
+    model = rank_alexnet("cpu", NUM_CLASSES, seed=1, config=cfg, topology=topology)
     model.train(mode != "eval")
     replica, replicas = rank // 2, world // 2
     per = x.shape[0] // replicas
     xs, ys = x[replica * per:(replica + 1) * per], y[replica * per:(replica + 1) * per]
-    logits = model(xs)
+    step = apply_data_parallel(model, topology)     # kept alive: DDP's reducer runs during backward
+    logits = step(xs)
     F.cross_entropy(logits, ys).backward()
-    model.exchange.average_gradients(model)
     return {"logits": logits.detach(), "grads": model.canonical_grads(), "state": model.canonical_state_dict()}
 
 
@@ -59,7 +61,8 @@ def test_two_ranks_match_grouped_logits_and_gradients(mode):
 
 
 def test_four_ranks_split_the_batch_and_average_to_the_full_batch_gradient():
-    """A mismatch points to average_gradients: the subgroups or the divisor."""
+    """A mismatch points to apply_data_parallel: the same-column groups (DDP divides by
+    their size, the replica count)."""
     results = run_ranks(4, _rank_step, "train")
     logits, grads, _ = _grouped("train")
     assert_close_rel(torch.cat([results[0]["logits"], results[2]["logits"]]), logits)
@@ -69,10 +72,9 @@ def test_four_ranks_split_the_batch_and_average_to_the_full_batch_gradient():
 
 def _save_from_ranks(rank, world, path):
     model = rank_alexnet("cpu", NUM_CLASSES, seed=4)
-    with torch.no_grad():          # weights unlike a fresh init, each column its own way
+    with torch.no_grad():          # weights unlike a fresh init, each column its own way (fc8's classes too)
         for p in model.columns.parameters():
             p.add_(0.001 * (rank + 1))
-        model.fc8.weight.add_(0.001)   # replicated: the same on both ranks
     state = model.canonical_state_dict()
     if rank == 0:
         torch.save(state, path)
@@ -121,7 +123,7 @@ def _unseeded(rank, world):
 
 
 def test_without_a_seed_every_rank_starts_from_the_first_replicas_weights():
-    """A mismatch points to sync_parameters: ranks would start from different networks."""
+    """A mismatch points to broadcast_from_first_replica: ranks would start from different networks."""
     states = run_ranks(4, _unseeded)
     for state in states[1:]:
         assert all(torch.equal(state[k], v) for k, v in states[0].items())

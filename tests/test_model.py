@@ -211,19 +211,28 @@ def test_two_device_placement_on_cpu_equals_grouped():
 
 
 def test_two_device_placement_crosses_devices_at_exactly_four_points():
+    """The paper's four exchange points (conv3, fc6, fc7, fc8: the layers that read both
+    columns) and, after them, the logits joining on cuda:0 (each column computes its own
+    classes of fc8, Figure 2). A crossing anywhere else would mean a column reads the other
+    column where §3.2 says it does not."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():
         # Fake CUDA tensors raise on any op that mixes cuda:0 and cuda:1.
         model = two_device_alexnet(("cuda:0", "cuda:1"), NUM_CLASSES, record_crossings=True, init=False)
         x = torch.empty(2, 3, 224, 224, device="cuda:0")
         out = model.eval()(x)      # dropout's per-column CUDA generators need a real device
-        assert out.device == torch.device("cuda:0")
+        assert out.device == torch.device("cuda:0") and out.shape == (2, NUM_CLASSES)
         assert model.columns[1].conv5.weight.device == torch.device("cuda:1")
+        assert model.columns[1].fc8.weight.device == torch.device("cuda:1")
         # (The backward cannot run here: autograd's engine needs a real CUDA context.)
-    points = [p for p, _, _ in model.exchange.crossings]
+    crossings = model.exchange.crossings
+    points = [p for p, _, _ in crossings if p != "logits"]
     assert sorted(set(points)) == ["conv3", "fc6", "fc7", "fc8"]
-    # conv3/fc6/fc7: one tensor each way; fc8 is whole on cuda:0, so only column 1 moves.
-    assert sorted(points) == ["conv3", "conv3", "fc6", "fc6", "fc7", "fc7", "fc8"]
+    # conv3/fc6/fc7/fc8: one tensor each way, as each column computes its half of the layer
+    # from both columns' activations.
+    assert sorted(points) == ["conv3", "conv3", "fc6", "fc6", "fc7", "fc7", "fc8", "fc8"]
+    # Then column 1's classes join column 0's, once, towards cuda:0 (where the loss is).
+    assert [c for c in crossings if c[0] == "logits"] == [("logits", "cuda:1", "cuda:0")]
 
 
 def test_wrong_class_count_checkpoint_is_refused_with_the_fix():
@@ -294,3 +303,18 @@ def test_the_fused_lrn_kernels_equal_the_eager_ones():
 def _unrows_np(rows, shape):
     n, c, h, w = shape
     return rows.reshape(n, h, w, c).permute(0, 3, 1, 2).numpy()
+
+
+def test_the_network_never_imports_torch_distributed():
+    """Processes are the exchange's business (alexnet_mp.exchange) and data parallelism
+    alexnet_mp.parallel's: the model and its table must stay usable without them."""
+    import ast
+    import alexnet_mp.arch
+    import alexnet_mp.layers
+    import alexnet_mp.model
+    for module in (alexnet_mp.model, alexnet_mp.arch, alexnet_mp.layers):
+        tree = ast.parse(open(module.__file__).read())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [n for n in names if n.startswith("torch.distributed")], module.__name__
+        assert "torch" in names        # the scan sees the imports at all

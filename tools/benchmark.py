@@ -9,7 +9,10 @@ Sections: model (torchvision alexnet vs the grouped placement, train and eval),
 tworank (2 gloo processes on the CPU, or the two-device placement on two GPUs,
 vs grouped; skipped on a machine with one GPU), tencrop (ten-crop vs
 centre-crop evaluation), data (our training pipeline vs a torchvision-style one,
-per worker process), lrn (the two LRN layers' share of a training step). Each
+per worker process), lrn (the two LRN layers' share of a training step),
+scaling (the rank placement with 1 and 2 pairs of gloo processes on the CPU, each
+step split into compute, exchange and exposed data-parallel communication;
+indicative only, as the processes share the machine's cores). Each
 figure is the median of --repeats timed runs after a warm-up; the spread
 (min..max) is printed beside it. Float32 unless --tf32 or --amp asks for a
 speed mode; on a GPU, channels_last and cudnn autotuning, as training uses.

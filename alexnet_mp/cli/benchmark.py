@@ -22,7 +22,7 @@ from alexnet_mp.config import CROP
 from alexnet_mp.exchange import COLUMNS
 from alexnet_mp.optim import PaperSGD, param_groups
 
-SECTIONS = ("model", "tworank", "tencrop", "data", "lrn")
+SECTIONS = ("model", "tworank", "tencrop", "data", "lrn", "scaling")
 
 
 def _all_devices():
@@ -77,12 +77,12 @@ def images_per_s(fns, images, repeats):
     return [tuple(images / t for t in r) for r in timed(fns, repeats)]
 
 
-def _batch(b, device, channels_last=False):
+def _batch(b, device, channels_last=False, classes=1000):
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(b, 3, CROP, CROP, generator=g) * 60).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, torch.randint(0, 1000, (b,), generator=g).to(device)
+    return x, torch.randint(0, classes, (b,), generator=g).to(device)
 
 
 def bench_models(args, device):
@@ -269,8 +269,9 @@ def main(argv=None):
            "amp": args.amp, "tf32": args.tf32, "quick": args.quick}
     print(f"device {res['device']}, {res['threads']} threads, batch {args.batch_size}, torch {torch.__version__}"
           + "".join(f"  [{n}: speed mode, departs from the paper]" for n in notes))
+    from alexnet_mp.cli.scaling import report_scaling
     for section, report in (("model", report_models), ("tencrop", report_tencrop), ("data", report_data),
-                            ("lrn", report_lrn)):
+                            ("lrn", report_lrn), ("scaling", report_scaling)):
         if section in args.sections or (section == "model" and "tworank" in args.sections):
             report(args, device, res)
     if args.json:

@@ -67,7 +67,7 @@ def evaluate(args, run, state):
                             run.replicas, run.replica, input_scale=model_config(state).input_scale,
                             pin_memory=run.device.type == "cuda")
     model, classes, _, _ = load_for_inference(args.checkpoint, args.data_path, run.placement, run.devices,
-                                              state=state)
+                                              state=state, topology=run.topology)
     result = gather(predict(model, loader, input_device(model), args.crops, log=run.log,
                             counts_here=run.column == 0, amp=args.amp))
     res = summary(result, classes, args.checkpoint, args.crops)

@@ -1,0 +1,59 @@
+"""Test-only launcher: tools/train.py's main under torchrun, noting what the tests check.
+
+    python -m torch.distributed.run ... tests/torchrun_worker.py OUT_DIR -- TRAIN_ARGS...
+
+Writes OUT_DIR/rank{RANK}.pt with this rank's local weights after its first step and at
+the end (canonical name -> (first row, tensor)), and `events`: every torch.distributed
+collective and every host read of a tensor (.item(), .tolist(), bool(), float()) in
+the order they ran, with "step" where each training step begins. Nothing here is a
+user-facing flag: the training code is run as it is, with its functions wrapped.
+"""
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from alexnet_mp import train as training
+from alexnet_mp.cli import train as cli
+
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter_single", "reduce_scatter_tensor", "broadcast",
+               "gather", "gather_object", "all_gather_object", "barrier", "reduce", "scatter")
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
+
+
+def noting(name, real, events):
+    def wrapper(*args, **kwargs):
+        events.append(name)
+        return real(*args, **kwargs)
+    return wrapper
+
+
+def local_weights(net):
+    return {name: (rows.start, p.detach().clone()) for name, p, rows, _ in net._slices()}
+
+
+def main():
+    out_dir, argv = sys.argv[1], sys.argv[sys.argv.index("--") + 1:]
+    events, dumps, nets = [], {}, []
+    for name in COLLECTIVES:
+        setattr(dist, name, noting(name, getattr(dist, name), events))
+    for name in HOST_READS:
+        setattr(torch.Tensor, name, noting(name.strip("_"), getattr(torch.Tensor, name), events))
+    real_step = training.train_step
+
+    def step(model, *args, **kwargs):
+        events.append("step")
+        result = real_step(model, *args, **kwargs)
+        nets[:] = [getattr(model, "module", model)]
+        dumps.setdefault("step1", local_weights(nets[0]))
+        return result
+    training.train_step = step
+    code = cli.main(argv)
+    dumps["final"] = local_weights(nets[0])
+    torch.save({"events": events, "code": code, **dumps}, os.path.join(out_dir, f"rank{os.environ['RANK']}.pt"))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
