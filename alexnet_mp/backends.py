@@ -24,8 +24,9 @@ def configure(device, tf32=False, deterministic=False):
         # the variable when it starts, so set it before the first matmul.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.deterministic = deterministic
-    # warn_only: an op without a deterministic kernel on some GPU warns instead of stopping the run.
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # Not warn_only: a run that asked for bitwise repeatability must not get a
+    # nondeterministic kernel in silence; torch names the op, and the run stops.
+    torch.use_deterministic_algorithms(deterministic)
     # Autotuning picks the fastest kernels per shape; they may differ run to run.
     torch.backends.cudnn.benchmark = torch.device(device).type == "cuda" and not deterministic
     return ["TF32 convolutions and matmuls (--tf32)"] if tf32 else []

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-COLUMNS = 2
+from .arch import COLUMNS
 
 
 class DeviceExchange:
@@ -45,7 +45,9 @@ class DeviceExchange:
         if t.device != device:
             if self.crossings is not None:
                 self.crossings.append((point, str(t.device), str(device)))
-            t = t.to(device, non_blocking=True)
+            # Asynchronous only into a GPU: a GPU-to-CPU copy returns before the bytes land,
+            # and the CPU op that reads them next would not wait for them.
+            t = t.to(device, non_blocking=device.type == "cuda")
         return t
 
     def share(self, hs, point):

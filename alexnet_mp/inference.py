@@ -9,7 +9,7 @@ import torch
 
 from . import checkpoint as ckpt_io
 from .data import load_stats, read_classes
-from .placement import build
+from .placement import build, gpu_layout
 
 
 def load_for_inference(path, data_path=None, placement="grouped", devices=None, need_mean=False, state=None,
@@ -41,6 +41,7 @@ def load_for_inference(path, data_path=None, placement="grouped", devices=None, 
         devices = ["cuda:0" if torch.cuda.is_available() else "cpu"]
     model = build(placement, devices, n, seed=0, config=ckpt_io.model_config(state), topology=topology)
     model.load_canonical_state_dict(weights)
+    model = gpu_layout(model, devices)
     if isinstance(mean, torch.Tensor):
         mean = mean.numpy()
     return model.eval(), meta["classes"], meta.get("names", {}), (None if mean is None else np.asarray(mean))

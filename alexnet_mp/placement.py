@@ -128,10 +128,10 @@ def choose_placement(devices=None, cuda_count=None, warn=print, columns=None):
         wanted = [d.strip() for d in devices.split(",") if d.strip()]
         missing = [d for d in wanted if d.startswith("cuda") and
                    (n == 0 or int((d.split(":") + ["0"])[1]) >= n)]
-        if len(wanted) == 2 and not missing:
+        if len(wanted) == COLUMNS and not missing:
             return "two-device", wanted, None
         reason = (f"{', '.join(missing)} not available ({n} GPU(s) visible)" if missing
-                  else f"--devices needs exactly 2 devices, got {len(wanted)}")
+                  else f"--devices needs exactly {COLUMNS} devices, got {len(wanted)}")
         fallback = choose_placement(cuda_count=n, warn=warn)
         warn(f"warning: {reason}: falling back to the {fallback[0]} placement on {fallback[1][0]}")
         return fallback
@@ -146,6 +146,14 @@ def build(placement, device_names, num_classes, *, seed=None, config=None, topol
     if placement == "two-device":
         return two_device_alexnet(device_names, num_classes, seed=seed, config=config)
     return AlexNet(num_classes, seed=seed, config=config, device=device_names[0])
+
+
+def gpu_layout(net, device_names):
+    """channels_last weights where any column runs on a GPU: cudnn's fastest convolutions
+    want the weights in it as well as the activations (which are channels_last everywhere)."""
+    if any(torch.device(d).type == "cuda" for d in device_names):
+        net = net.to(memory_format=torch.channels_last)
+    return net
 
 
 def input_device(model):

@@ -31,7 +31,7 @@ from .data import eval_loader, read_classes, train_loader
 from .evaluate import errors, gather, predict
 from .optim import LRSchedule, PaperSGD, param_groups, set_lr
 from .parallel import apply_data_parallel
-from .placement import build, input_device
+from .placement import build, gpu_layout, input_device
 from .resume import resume, save_checkpoint
 from .runtime import Run, TrainingError
 
@@ -185,9 +185,7 @@ def run_job(opts, cfg, run):
 def _build_net(run, num_classes, cfg):
     torch.manual_seed(cfg.seed + run.rank)     # torch's global generator: each rank its own
     net = build(run.placement, run.devices, num_classes, seed=cfg.seed, config=cfg.model, topology=run.topology)
-    if run.device.type == "cuda":       # the weights too: cudnn's fastest convs want both channels_last
-        net = net.to(memory_format=torch.channels_last)
-    return net.train()
+    return gpu_layout(net, run.devices).train()
 
 
 def build_job(opts, cfg, run):
@@ -264,7 +262,11 @@ def train_one_epoch(job, epoch, stop):
 
 
 def _weights_finite(net):
-    return bool(torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all())
+    # One reduction per device: the two-device placement holds its columns on two devices.
+    flags = {}
+    for p in net.parameters():
+        flags.setdefault(p.device, []).append(torch.isfinite(p).all())
+    return all(bool(torch.stack(f).all()) for f in flags.values())
 
 
 def sync_step(job, epoch, loss, stop):

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from alexnet_mp import demo_data
 from alexnet_mp.prepare import prepare
@@ -15,6 +16,15 @@ def make_store(base, train_per_class, val_per_class):
     src = demo_data.generate(str(base / "src"), train_per_class=train_per_class, val_per_class=val_per_class)
     prepare(src, str(base / "store"), workers=1, log=lambda *a: None)
     return str(base / "store")
+
+
+@pytest.fixture(autouse=True)
+def cpu_unless_cuda(request, monkeypatch):
+    """Outside the GPU suite, the tools called in this process see no GPU, as subprocesses
+    (run_script) see none: the default suite runs the CPU placements on any machine."""
+    if request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
 
 
 @pytest.fixture(scope="session")

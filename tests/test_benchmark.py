@@ -1,11 +1,14 @@
 """The benchmark's --quick smoke run: every section runs and the JSON has its ratios (no goals checked)."""
 import json
 
+import pytest
 import torch
 
 from .conftest import run_script
 
 
+# slow: a minute or more on the 2-core machine; run with -m slow before a change lands
+@pytest.mark.slow
 def test_quick_benchmark_writes_every_ratio(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_script(["tools/benchmark.py", "--quick", "--json", str(out)])

@@ -163,6 +163,17 @@ def test_nccl_ranks_equal_grouped_after_k_steps(tiny_store, tmp_path, nproc):
         assert_close_rel(got["model"][name], tensor, 1e-5, name)
 
 
+def test_two_device_training_across_cuda_and_cpu_logs_and_checkpoints(tiny_store, tmp_path):
+    """Every log step checks the weights of both columns, which sit on two devices here:
+    a failure points to a reduction or copy that mixes them."""
+    proc = _ok(run_script(train_cmd(tiny_store, tmp_path, "-b", "8", "-j", "0", "--stop-at-step", "3",
+                                    "--print-freq", "1", "--devices", "cuda:0,cpu"), env=FIRST_GPU))
+    assert "placement: two-device on cuda:0, cpu" in proc.stdout
+    state = model_of(tmp_path)
+    assert state["step"] == 3
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
 def test_bf16_autocast_trains_with_a_finite_loss_and_a_float32_lrn():
     model = AlexNet(NUM_CLASSES, seed=0, device="cuda:0")
     dtypes = []
@@ -207,8 +218,9 @@ def test_evaluate_on_cuda_gives_the_cpus_errors(tiny_store, tmp_path):
     results = {}
     for name, env in (("cpu", {}), ("cuda", SHOW_GPUS)):
         out = tmp_path / f"{name}.json"
-        _ok(run_script(["tools/evaluate.py", "--checkpoint", str(tmp_path / "bare.pt"), "--data-path", tiny_store,
+        proc = _ok(run_script(["tools/evaluate.py", "--checkpoint", str(tmp_path / "bare.pt"), "--data-path", tiny_store,
                         "-j", "0", "--json", str(out)], env=env))
+        assert f"placement: grouped on {'cuda:0' if name == 'cuda' else 'cpu'}" in proc.stdout
         results[name] = json.loads(out.read_text())
     for key in ("top1_err", "top5_err", "center_top1_err", "center_top5_err", "num_images"):
         assert results["cuda"][key] == results["cpu"][key], key

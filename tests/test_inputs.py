@@ -189,3 +189,12 @@ def test_file_names_that_are_not_utf8_reach_the_report_and_csv(tmp_path, capsys)
     assert predict_cli.main(["--checkpoint", str(tmp_path / "bare.pt"), "--data-path", store, "--crops", "1",
                              os.fsdecode(os.path.join(src, b"val/a"))]) == 0
     assert "caf\\xe9.png" in capsys.readouterr().out
+
+
+def test_an_output_dir_under_a_file_is_one_line_before_training(tiny_store, tmp_path, capsys):
+    """Unwritable for root too, unlike a read-only folder: a file where a folder must be."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    code = train_cli.main(["--data-path", tiny_store, "--output-dir", str(a_file / "run"), "-j", "0"])
+    assert_one_line_result(code, capsys, f"--output-dir {a_file / 'run'} cannot be written")
+    assert a_file.read_text() == "keep me" and os.listdir(tmp_path) == ["a_file"]

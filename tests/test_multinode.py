@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from alexnet_mp import AlexNet
@@ -101,6 +102,8 @@ def _assert_no_host_sync_between_log_steps(per_rank):
         assert counts[1]["all_reduce"] == 5 and counts[1]["item"] >= 1, (rank, counts[1])
 
 
+# slow: a minute or more on the 2-core machine; run with -m slow before a change lands
+@pytest.mark.slow
 def test_a_killed_worker_on_one_node_restarts_both_nodes_which_finish(tiny_store, tmp_path):
     out = tmp_path / "run"
     procs = two_agents(["tools/train.py", "--data-path", tiny_store, "--output-dir", str(out), "-b", "4",

@@ -2,6 +2,7 @@
 import threading
 
 import pytest
+import torch
 import torch.distributed as dist
 
 from alexnet_mp.errors import UsageError
@@ -90,3 +91,14 @@ def test_identities_travel_through_the_rendezvous_store_to_every_rank():
     assert seen == [mine] * world
     assert {job_backend(s)[0] for s in seen} == {"gloo"}
     del master
+
+
+def test_weights_go_channels_last_only_where_a_column_runs_on_a_gpu():
+    """cudnn's fastest convolutions want channels_last weights; the CPU's kernels do not care."""
+    from alexnet_mp import AlexNet
+    from alexnet_mp.placement import gpu_layout
+    cl = torch.channels_last
+    assert gpu_layout(AlexNet(10, init=False), ["cpu"]).conv2.weight.is_contiguous()
+    for names in (["cuda:0"], ["cuda:0", "cpu"], ["cpu", "cuda:1"]):
+        net = gpu_layout(AlexNet(10, init=False), names)           # the decision, on CPU tensors
+        assert net.conv2.weight.is_contiguous(memory_format=cl) and not net.conv2.weight.is_contiguous(), names

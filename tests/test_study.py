@@ -148,3 +148,29 @@ def test_a_failed_run_is_tabulated_as_failed_and_retried_by_the_next_invocation(
     capsys.readouterr()
     assert study_cli.main(["--data-path", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.count("no prepared store at") == 1
+
+
+@pytest.mark.slow
+def test_under_torchrun_runs_go_one_after_another_and_the_one_column_net_waits_for_one_process(micro_store,
+                                                                                              tmp_path):
+    """Every run of a torchrun study uses the whole launch (the rank placement); the 1-column
+    net, grouped only, is skipped there and added by the same command without torchrun."""
+    from .conftest import run_script
+    from .helpers import free_port
+    out = tmp_path / "study"
+    study_argv = ["tools/study.py", "--data-path", micro_store, "--output-dir", str(out), "--variants",
+                  "columns1", "--seeds", "1", "--epochs", "1", "-b", "10", "-j", "0", "--eval-batch-size", "10"]
+    ranks = run_script(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                        f"--master_port={free_port()}"] + study_argv)
+    assert ranks.returncode == 0, ranks.stdout[-2000:] + ranks.stderr[-3000:]
+    assert "placement: rank on 2 processes (1 replica(s) x 2 columns, gloo)" in ranks.stdout
+    assert "skipping columns1 seed 0: the 1-column net runs in the grouped placement only" in ranks.stdout
+    first = json.load(open(out / "study.json"))
+    assert [(r["variant"], r["status"]) for r in first["runs"]] == [("baseline", "ok")]
+    assert first["runs"][0]["num_images"] == 10
+    one = run_script(study_argv)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "placement: rank" not in one.stdout and "== baseline" not in one.stdout     # not trained again
+    runs = json.load(open(out / "study.json"))["runs"]
+    assert [(r["variant"], r["status"]) for r in runs] == [("baseline", "ok"), ("columns1", "ok")]
+    assert runs[0] == first["runs"][0]

@@ -37,7 +37,9 @@ def _ok(proc):
     return proc
 
 
-@pytest.mark.parametrize("nproc, batch", [(2, 8), (4, 4)])
+# Slow: tests/test_multinode.py runs 2 x 2 ranks against grouped in the default suite.
+@pytest.mark.parametrize("nproc, batch", [pytest.param(2, 8, marks=pytest.mark.slow),
+                                          pytest.param(4, 4, marks=pytest.mark.slow)])
 def test_k_steps_in_ranks_equal_k_steps_grouped(tiny_store, tmp_path, nproc, batch):
     """A mismatch points to gradient averaging across replicas, to the sampler giving replicas
     other images than the grouped batch, or to the gathers' backward.
@@ -62,7 +64,10 @@ def test_k_steps_in_ranks_equal_k_steps_grouped(tiny_store, tmp_path, nproc, bat
         assert_close_rel(got - init, ref - init, 1e-2, name)
 
 
-@pytest.mark.parametrize("stop_at, workers, devices", [(3, "0", None), (5, "1", None), (3, "0", "cpu,cpu")])
+# The default suite keeps the two-device case; -m slow adds the grouped ones (and the chaos test).
+@pytest.mark.parametrize("stop_at, workers, devices", [pytest.param(3, "0", None, marks=pytest.mark.slow),
+                                                       pytest.param(5, "1", None, marks=pytest.mark.slow),
+                                                       (3, "0", "cpu,cpu")])
 def test_resumed_run_equals_uninterrupted_run_bitwise(tiny_store, tmp_path, stop_at, workers, devices):
     """Step 3 is mid-epoch, step 5 the epoch's last. With dropout on, in the grouped and the
     two-device placement: a mismatch points to a generator the checkpoint does not restore
@@ -85,6 +90,8 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(tiny_store, tmp_path, stop
     assert os.path.isfile(tmp_path / "full" / "model_best.pt")
 
 
+# Slow: test_faults.py signals the whole process group, with workers, in the default suite.
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_zero_then_resumes(tiny_store, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="2", CUDA_VISIBLE_DEVICES="")
@@ -214,6 +221,18 @@ def test_diverging_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tiny_
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
 
 
+def test_non_finite_weights_are_found_in_either_column_of_two_devices():
+    """The log step's weight check reduces per device: columns on two devices (cuda:0 and
+    cuda:1 on a GPU machine, here cpu and cpu) are each checked, and a bad one is found."""
+    from alexnet_mp import two_device_alexnet
+    from alexnet_mp.train import _weights_finite
+    model = two_device_alexnet(("cpu", "cpu"), 10, seed=0)
+    assert _weights_finite(model)
+    with torch.no_grad():
+        next(model.columns[1].parameters())[0].view(-1)[0] = float("inf")
+    assert not _weights_finite(model)
+
+
 def test_resume_from_a_bare_state_dict_starts_fresh_from_its_weights(tiny_store, tmp_path):
     bare = AlexNet(10, seed=9)
     torch.save(bare.state_dict(), tmp_path / "bare.pt")
@@ -230,6 +249,8 @@ def _children(pid):
         return [int(c) for c in f.read().split()]
 
 
+# Slow, as the two-node restart in test_multinode.py.
+@pytest.mark.slow
 def test_torchrun_restarts_a_killed_worker_and_carries_on_from_the_checkpoint(tiny_store, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
@@ -249,25 +270,52 @@ def test_torchrun_restarts_a_killed_worker_and_carries_on_from_the_checkpoint(ti
     assert model_of(out)["step"] == 15     # 3 epochs of 40 images at batch 8
 
 
-def _precision():
-    return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+def _numerics():
+    return (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision,
+            torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
 
 
-@pytest.mark.parametrize("flags, expected", [([], ("ieee", "ieee")), (["--tf32"], ("tf32", "tf32"))])
-def test_float32_is_the_default_and_only_tf32_changes_it(tiny_store, tmp_path, capsys, flags, expected):
+@pytest.fixture
+def restore_numerics(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = _numerics(), torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark
+    yield
+    (conv, matmul, det, cudnn_det), warn_only, bench = before
+    torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+    torch.use_deterministic_algorithms(det, warn_only=warn_only)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_det, bench
+
+
+@pytest.mark.parametrize("flags, expected", [([], ("ieee", "ieee", False, False)),
+                                             (["--tf32"], ("tf32", "tf32", False, False)),
+                                             (["--deterministic"], ("ieee", "ieee", True, True))])
+def test_float32_is_the_default_and_only_tf32_changes_it(tiny_store, tmp_path, capsys, restore_numerics,
+                                                         flags, expected):
     """torch 2.14 runs cudnn convolutions in TF32 unless told otherwise: training must undo
-    that by default and keep TF32 only when asked, saying it departs from the paper."""
+    that by default and keep TF32 only when asked, saying it departs from the paper.
+    --deterministic turns on torch's deterministic algorithms (an error, not a warning, for
+    an op without one) and cudnn's, and fixes cuBLAS's workspace."""
     from alexnet_mp.cli import train
-    before = _precision()
-    try:
-        torch.backends.cudnn.conv.fp32_precision = "tf32" if not flags else "ieee"
-        code = train.main(["--data-path", tiny_store, "--output-dir", str(tmp_path), "-b", "8", "-j", "0",
-                           "--stop-at-step", "1", "--checkpoint-minutes", "0"] + flags)
-        assert code == 0 and _precision() == expected
-    finally:
-        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before
+    torch.backends.cudnn.conv.fp32_precision = "tf32" if flags != ["--tf32"] else "ieee"
+    torch.use_deterministic_algorithms("--deterministic" not in flags, warn_only=True)
+    torch.backends.cudnn.deterministic = "--deterministic" not in flags
+    code = train.main(["--data-path", tiny_store, "--output-dir", str(tmp_path), "-b", "8", "-j", "0",
+                       "--stop-at-step", "1", "--checkpoint-minutes", "0"] + flags)
+    assert code == 0 and _numerics() == expected
+    if "--deterministic" in flags:
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     said = capsys.readouterr().out
-    assert ("departs from the paper's float32 arithmetic: TF32" in said) == bool(flags)
+    assert ("departs from the paper's float32 arithmetic: TF32" in said) == (flags == ["--tf32"])
+
+
+def test_cudnn_autotunes_on_cuda_only_and_never_under_deterministic(restore_numerics):
+    from alexnet_mp.backends import configure
+    for device, deterministic, expected in (("cuda:0", False, True), ("cuda:0", True, False),
+                                            ("cpu", False, False)):
+        torch.backends.cudnn.benchmark = not expected
+        configure(device, deterministic=deterministic)
+        assert torch.backends.cudnn.benchmark == expected, (device, deterministic)
 
 
 def test_bf16_autocast_trains_with_a_finite_loss_and_says_it_is_a_speed_mode(tiny_store, tmp_path):
