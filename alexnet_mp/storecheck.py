@@ -30,6 +30,14 @@ def _load_json(path):
         return json.loads(f.read())
 
 
+def _checked_json(path, root):
+    """A store's JSON file, or one line naming it and the command that rebuilds the store."""
+    try:
+        return _load_json(path)
+    except ValueError as e:
+        raise broken(path, f"is corrupt ({type(e).__name__})", root) from None
+
+
 def rebuild(root):
     """The command that rebuilds the store at `root` (its source, when classes.json records it)."""
     src = "SRC"
@@ -57,10 +65,7 @@ def read_classes(store):
             raise broken(path, "is missing", store)
         raise StoreError(f"no prepared store at {store}: make one with "
                          f"`python tools/prepare_data.py IMAGE_DIR {store}`")
-    try:
-        meta = _load_json(path)
-    except ValueError as e:
-        raise broken(path, f"is corrupt ({type(e).__name__})", store) from None
+    meta = _checked_json(path, store)
     classes = meta.get("classes") if isinstance(meta, dict) else None
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
             and isinstance(meta.get("names", {}), dict)):
@@ -75,10 +80,7 @@ def read_split(root, split, num_classes):
     if not os.path.isfile(index_path):
         raise StoreError(f"split '{split}' is missing from the store {root} (no {index_path}): "
                          f"prepare a source tree that has a {split}/ folder")
-    try:
-        index = _load_json(index_path)
-    except ValueError as e:
-        raise broken(index_path, f"is corrupt ({type(e).__name__})", root) from None
+    index = _checked_json(index_path, root)
     files, labels = (index.get("files"), index.get("labels")) if isinstance(index, dict) else (None, None)
     if not (isinstance(files, list) and isinstance(labels, list) and len(files) == len(labels)
             and index.get("format", "raw") in FORMATS):

@@ -47,9 +47,17 @@ def test_summary_means_spreads_and_differences_by_hand():
     assert "1 (+1 failed)" in md and "header line" in md
 
 
-def test_unknown_variant_is_one_line(capsys):
-    assert study_cli.main(["--variants", "no-such", "--dry-run"]) == 2
-    assert "unknown variant 'no-such': choose from baseline" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "no-such"], "unknown variant 'no-such': choose from baseline"),
+    (["-j", "-1"], "-j -1 is out of range: it must be at least 0"),
+    (["--eval-batch-size", "0"], "--eval-batch-size 0 is out of range: it must be at least 1"),
+    (["--seeds", "0"], "--seeds 0: give at least 1 run per variant"),
+    (["--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+])
+def test_bad_study_arguments_are_one_line_before_any_run(argv, message, tmp_path, capsys):
+    from .helpers import assert_one_line_result
+    assert_one_line_result(study_cli.main(argv + ["--output-dir", str(tmp_path / "s"), "--dry-run"]), capsys, message)
+    assert not (tmp_path / "s").exists()
 
 
 def test_tiny_study_writes_table_and_figure_and_a_rerun_trains_nothing(micro_store, tmp_path, monkeypatch, capsys):

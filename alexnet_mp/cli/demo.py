@@ -7,6 +7,7 @@ import sys
 import time
 
 from alexnet_mp.cli import ArgumentParser, evaluate, tool, train
+from alexnet_mp.errors import UsageError
 
 # (flag, value, paper's value, why): printed at start and listed in the README.
 DEMO_PRESET = (
@@ -22,7 +23,10 @@ def parse_args(argv):
     p.add_argument("--cache-dir", default=None, help="where the demo set is generated (default: ~/.cache/alexnet_mp)")
     p.add_argument("-j", "--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--epochs", help="override the preset's epoch count (a quicker smoke run)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.workers < 0:
+        raise UsageError(f"-j {args.workers} is out of range: it must be 0 (load in the main process) or more")
+    return args
 
 
 @tool

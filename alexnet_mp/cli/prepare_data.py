@@ -6,6 +6,7 @@ import os
 import sys
 
 from alexnet_mp.cli import ArgumentParser, tool
+from alexnet_mp.errors import UsageError
 from alexnet_mp.prepare import prepare
 
 
@@ -19,13 +20,16 @@ def parse_args(argv):
     p.add_argument("--format", choices=("raw", "jpeg"), default="raw",
                    help="raw: uint8 pixels, fastest and exact (196 KB/image); "
                         "jpeg: quality-95 JPEG, ~8x smaller (for ImageNet-sized sets)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        raise UsageError(f"-j {args.workers} is out of range: it must be 1 or more conversion processes")
+    return args
 
 
 @tool
 def main(argv=None):
     args = parse_args(argv)
-    prepare(args.src, args.out, max(1, args.workers), args.labels, args.names, args.format)
+    prepare(args.src, args.out, args.workers, args.labels, args.names, args.format)
     return 0
 
 

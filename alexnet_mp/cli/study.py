@@ -5,7 +5,6 @@ Every run is tools/train.py's and tools/evaluate.py's `main`, called in this
 process with the same budget; `alexnet_mp.study` says what the variants are and
 writes the table.
 """
-import argparse
 import os
 import sys
 import time
@@ -15,7 +14,7 @@ import torch
 
 from alexnet_mp import study, study_time
 from alexnet_mp.atomic import atomic_write
-from alexnet_mp.cli import evaluate, tool, train
+from alexnet_mp.cli import ArgumentParser, evaluate, tool, train
 from alexnet_mp.config import TrainConfig
 from alexnet_mp.data import read_classes
 from alexnet_mp.exchange import COLUMNS
@@ -35,7 +34,7 @@ BUDGET_FLAGS = (("batch_size", "-b"), ("epochs", "--epochs"), ("lr", "--lr"), ("
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Train the baseline and the paper's ablations; ten-crop "
+    p = ArgumentParser(description="Train the baseline and the paper's ablations; ten-crop "
                                             "evaluate every run; write study.json, study.md, study.png")
     p.add_argument("--data-path", help="prepared store; default: the demo set, with the preset budget")
     p.add_argument("--output-dir", default="runs/study", help="one folder per run: VARIANT/seedS")
@@ -55,7 +54,12 @@ def parse_args(argv):
     p.add_argument("--devices", help="two devices for the two-device placement (the 1-column net runs grouped)")
     p.add_argument("--cache-dir", default=default_cache_dir(), help="where the demo set is generated")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, train nothing")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, value, low in (("-j", args.workers, 0), ("--eval-batch-size", args.eval_batch_size, 1),
+                             ("--print-freq", args.print_freq, 1)):
+        if value < low:          # here, not once per run: every run would fail on it
+            raise study.StudyError(f"{flag} {value} is out of range: it must be at least {low}")
+    return args
 
 
 def resolve_budget(args):
