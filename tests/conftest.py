@@ -21,7 +21,9 @@ def make_store(base, train_per_class, val_per_class):
 @pytest.fixture(autouse=True)
 def cpu_unless_cuda(request, monkeypatch):
     """Outside the GPU suite, the tools called in this process see no GPU, as subprocesses
-    (run_script) see none: the default suite runs the CPU placements on any machine."""
+    (run_script) see none: the default suite runs the CPU placements on any machine.
+    (Run the GPU suite in its own session, `-m cuda`, as the README says: torch caches some
+    answers to "is there a GPU" for the whole process.)"""
     if request.node.get_closest_marker("cuda") is None:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)

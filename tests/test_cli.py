@@ -67,8 +67,11 @@ def test_only_alexnet_mp_is_installed_and_no_script_edits_sys_path():
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(ROOT, "setup.cfg"))
     include = cfg["options.packages.find"]["include"].replace(",", " ").split()
-    packages = [os.path.relpath(d, ROOT).replace(os.sep, ".") for d, _, files in os.walk(ROOT)
-                if "__init__.py" in files and ".venv" not in d and ".ci" not in d]
+    packages = []
+    for d, dirs, files in os.walk(ROOT):
+        dirs[:] = [x for x in dirs if not x.startswith(".") and x not in ("build", "runs")]
+        if "__init__.py" in files:
+            packages.append(os.path.relpath(d, ROOT).replace(os.sep, "."))
     installed = sorted(p for p in packages if any(fnmatch.fnmatch(p, pat) for pat in include))
     assert installed and all(p == "alexnet_mp" or p.startswith("alexnet_mp.") for p in installed), installed
     assert not os.path.exists(os.path.join(ROOT, "tools", "__init__.py"))

@@ -38,7 +38,11 @@ FIRST_GPU = {"CUDA_VISIBLE_DEVICES": SHOW_GPUS["CUDA_VISIBLE_DEVICES"].split(","
 
 @pytest.fixture(autouse=True)
 def float32():
-    """The paper's arithmetic for every comparison (TF32 off), restored afterwards."""
+    """The paper's arithmetic for every comparison (TF32 off), restored afterwards.
+
+    Inductor caches whether triton works; a CPU test that compiled while conftest hid the
+    GPUs would have cached False, so ask again."""
+    torch.utils._triton.has_triton.cache_clear()
     before = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
     configure("cuda")
     yield
@@ -216,7 +220,7 @@ def test_evaluate_on_cuda_gives_the_cpus_errors(tiny_store, tmp_path):
         model.fc8.weight.mul_(40)         # answers far from ties, so rounding cannot flip one
     torch.save(model.state_dict(), tmp_path / "bare.pt")
     results = {}
-    for name, env in (("cpu", {}), ("cuda", SHOW_GPUS)):
+    for name, env in (("cpu", {}), ("cuda", FIRST_GPU)):         # one GPU: the grouped placement
         out = tmp_path / f"{name}.json"
         proc = _ok(run_script(["tools/evaluate.py", "--checkpoint", str(tmp_path / "bare.pt"), "--data-path", tiny_store,
                         "-j", "0", "--json", str(out)], env=env))
