@@ -197,10 +197,12 @@ def test_plateau_schedule_drops_after_patience_and_at_most_three_times():
 
 @pytest.mark.slow
 def test_demo_learns_and_writes_eval_json_and_figures(tmp_path):
-    """The README's main command, end to end (about 7 minutes on 2 cores)."""
+    """The README's main command, end to end: 5 to 7 minutes on the 2-core machine it was
+    written on, 4 times that on one where torchvision's alexnet trains 4 times slower. The
+    time limit only catches a hang; the demo's speed is the benchmark's business."""
     out = tmp_path / "demo"
     proc = run_script(["tools/demo.py", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")],
-                      timeout=1200)
+                      timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "demo preset, departures from the paper's recipe" in proc.stdout
     result = json.load(open(out / "eval.json"))
