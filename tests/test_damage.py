@@ -66,7 +66,10 @@ DAMAGE = [
     ("raw", "train/images.u8", _truncate, "is truncated (3932160 bytes; 7864320 for 40 images of 256x256x3)",
      True),
     ("raw", "val/images.u8", lambda p: _poke(p, os.path.getsize(p), b"\0"), "is longer than expected", False),
+    ("raw", "train/images.u8", os.remove, "is missing", True),
     ("raw", "train/stats.npz", _truncate, "is corrupt (BadZipFile)", True),
+    ("jpeg", "train/offsets.i64", os.remove, "is missing", False),
+    ("jpeg", "val/images.jpg", os.remove, "is missing", False),
     ("jpeg", "train/images.jpg", _truncate, "is truncated or out of step with offsets.i64", True),
     ("jpeg", "train/offsets.i64", lambda p: _truncate(p, 8), "is truncated (632 bytes; 640 for 40 (offset, length)",
      False),
@@ -113,6 +116,12 @@ def test_missing_or_empty_split_is_one_line_before_training(tiny_store, tmp_path
         code = main(["--data-path", str(tmp_path / "empty"), "-j", "0"] + argv)
         assert_one_line_result(code, capsys, f"split 'val' of the store {tmp_path / 'empty'} has no images "
                                              f"(10 could not be decoded, listed in")
+    no_stats = str(tmp_path / "no_stats")
+    shutil.copytree(tiny_store, no_stats)
+    os.remove(os.path.join(no_stats, "train", "stats.npz"))
+    code = train_cli.main(["--data-path", no_stats, "--output-dir", str(tmp_path / "out"), "-j", "0"])
+    assert_one_line_result(code, capsys, f"missing statistics {os.path.join(no_stats, 'train', 'stats.npz')}: "
+                                         f"re-run `python tools/prepare_data.py")
     assert not (tmp_path / "out").exists()
 
 

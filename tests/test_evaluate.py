@@ -113,22 +113,22 @@ def odd_store(tmp_path_factory):
     return str(base / "store")
 
 
-def test_two_ranks_equal_one_process_and_four_ranks_count_each_image_once(odd_store, decisive_checkpoint, tmp_path):
+@pytest.mark.parametrize("nproc", [2, pytest.param(4, marks=pytest.mark.slow)])      # 4: 2 replicas share the images
+def test_ranks_equal_one_process_and_count_each_image_once(odd_store, decisive_checkpoint, tmp_path, nproc):
     path, _ = decisive_checkpoint
     one = run_script(["tools/evaluate.py", "--checkpoint", path, "--data-path", odd_store, "-b", "4", "-j", "0",
                       "--json", str(tmp_path / "one.json"), "--predictions", str(tmp_path / "one.csv")])
     assert one.returncode == 0, one.stderr[-3000:]
-    for nproc in (2, 4):
-        proc = _torchrun_eval(nproc, path, odd_store, tmp_path / f"r{nproc}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        ref, got = json.load(open(tmp_path / "one.json")), json.load(open(tmp_path / f"r{nproc}.json"))
-        assert got["num_images"] == ref["num_images"] == 9
-        for key in ("top1_err", "top5_err", "center_top1_err", "center_top5_err", "per_class_top1_err"):
-            assert got[key] == ref[key], key
-        a, b = _read_predictions(tmp_path / "one.csv"), _read_predictions(tmp_path / f"r{nproc}.csv")
-        assert [r["path"] for r in a] == [r["path"] for r in b]
-        assert [[r[f"top{k}"] for k in range(1, 6)] for r in a] == [[r[f"top{k}"] for k in range(1, 6)] for r in b]
-        np.testing.assert_allclose([float(r["prob1"]) for r in a], [float(r["prob1"]) for r in b], atol=1e-5)
+    proc = _torchrun_eval(nproc, path, odd_store, tmp_path / f"r{nproc}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ref, got = json.load(open(tmp_path / "one.json")), json.load(open(tmp_path / f"r{nproc}.json"))
+    assert got["num_images"] == ref["num_images"] == 9
+    for key in ("top1_err", "top5_err", "center_top1_err", "center_top5_err", "per_class_top1_err"):
+        assert got[key] == ref[key], key
+    a, b = _read_predictions(tmp_path / "one.csv"), _read_predictions(tmp_path / f"r{nproc}.csv")
+    assert [r["path"] for r in a] == [r["path"] for r in b]
+    assert [[r[f"top{k}"] for k in range(1, 6)] for r in a] == [[r[f"top{k}"] for k in range(1, 6)] for r in b]
+    np.testing.assert_allclose([float(r["prob1"]) for r in a], [float(r["prob1"]) for r in b], atol=1e-5)
 
 
 def test_bad_checkpoints_and_missing_split_are_one_line(tiny_store, decisive_checkpoint, tmp_path):
