@@ -25,7 +25,7 @@ PAPER = TrainConfig()
 # (flag, value, paper's value, why): the demo set's budget, printed at start and listed in the README.
 STUDY_PRESET = (
     ("-b", "32", "128", "4x more updates fit in a CPU budget of minutes (as the demo)"),
-    ("--epochs", "3", "90", "12 runs of the demo set in about 25 minutes on a quiet 2-core CPU"),
+    ("--epochs", "3", "90", "12 runs of the demo set in 25 to 65 minutes on a 2-core CPU (--dry-run times it here)"),
     ("--lr-steps", "2", "plateau, patience 5", "3 epochs leave no room to wait for a plateau"),
     ("--seeds", "2", "1 run per variant", "a spread to compare each difference with"),
 )
