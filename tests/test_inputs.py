@@ -112,7 +112,7 @@ def test_bad_prepare_paths_are_one_line(flat_val_tree, tmp_path, capsys):
         ([src, str(tmp_path / "o"), "--names", str(names)] + lab, "line 2 is not UTF-8 text"),
         ([src, str(tmp_path / "o"), "--labels", str(tmp_path / "none.csv")], "none.csv does not exist"),
         ([src, str(tmp_path / "o"), "--format", "png"] + lab, "argument --format: invalid choice: 'png'"),
-        ([src, str(tmp_path / "o"), "-j", "0"] + lab, "-j 0 is out of range: it must be 1 or more"),
+        ([src, str(tmp_path / "o"), "-j", "0"] + lab, "-j 0 is out of range: it must be at least 1"),
     ]
     for argv, message in cases:
         assert_one_line_result(prepare_data.main(argv), capsys, message)

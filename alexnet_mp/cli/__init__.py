@@ -58,6 +58,13 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def check_at_least(*checks):
+    """(flag, value, lowest allowed) for each count a tool takes: one line before any work."""
+    for flag, value, low in checks:
+        if value < low:
+            raise UsageError(f"{flag} {value} is out of range: it must be at least {low}")
+
+
 def check_output_file(path, flag, extensions=None, example="out.json"):
     """Before any work: `path` can be created as a file (its folder exists and takes files,
     it is not a folder itself) and, if `extensions` are given, has one of them."""

@@ -6,8 +6,7 @@ import os
 import sys
 import time
 
-from alexnet_mp.cli import ArgumentParser, evaluate, tool, train
-from alexnet_mp.errors import UsageError
+from alexnet_mp.cli import ArgumentParser, check_at_least, evaluate, tool, train
 
 # (flag, value, paper's value, why): printed at start and listed in the README.
 DEMO_PRESET = (
@@ -24,8 +23,7 @@ def parse_args(argv):
     p.add_argument("-j", "--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--epochs", help="override the preset's epoch count (a quicker smoke run)")
     args = p.parse_args(argv)
-    if args.workers < 0:
-        raise UsageError(f"-j {args.workers} is out of range: it must be 0 (load in the main process) or more")
+    check_at_least(("-j", args.workers, 0))
     return args
 
 

@@ -9,10 +9,9 @@ import sys
 
 from alexnet_mp.atomic import atomic_write
 from alexnet_mp.backends import amp_note, configure
-from alexnet_mp.cli import ArgumentParser, check_output_file, tool
+from alexnet_mp.cli import ArgumentParser, check_at_least, check_output_file, tool
 from alexnet_mp.cli.train import add_speed_flags
 from alexnet_mp.data import Store, eval_loader
-from alexnet_mp.errors import UsageError
 from alexnet_mp.evaluate import gather, predict, summary
 from alexnet_mp.checkpoint import load, model_config
 from alexnet_mp.inference import load_for_inference
@@ -38,9 +37,7 @@ def parse_args(argv):
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--predictions", help="write one CSV row per image: path, true class, top-5, probabilities")
     args = p.parse_args(argv)
-    for flag, value, low in (("-b", args.batch_size, 1), ("-j", args.workers, 0)):
-        if value < low:
-            raise UsageError(f"{flag} {value} is out of range: it must be at least {low}")
+    check_at_least(("-b", args.batch_size, 1), ("-j", args.workers, 0))
     for flag, path, example in (("--json", args.json, "eval.json"), ("--predictions", args.predictions, "p.csv")):
         if path:
             check_output_file(path, flag, example=example)      # before the evaluation, not after it

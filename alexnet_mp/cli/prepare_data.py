@@ -5,8 +5,7 @@ The code behind tools/prepare_data.py, whose docstring has the exact command lin
 import os
 import sys
 
-from alexnet_mp.cli import ArgumentParser, tool
-from alexnet_mp.errors import UsageError
+from alexnet_mp.cli import ArgumentParser, check_at_least, tool
 from alexnet_mp.prepare import prepare
 
 
@@ -21,8 +20,7 @@ def parse_args(argv):
                    help="raw: uint8 pixels, fastest and exact (196 KB/image); "
                         "jpeg: quality-95 JPEG, ~8x smaller (for ImageNet-sized sets)")
     args = p.parse_args(argv)
-    if args.workers < 1:
-        raise UsageError(f"-j {args.workers} is out of range: it must be 1 or more conversion processes")
+    check_at_least(("-j", args.workers, 1))
     return args
 
 
