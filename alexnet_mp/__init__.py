@@ -7,11 +7,12 @@ import os
 # (measured: 15.7 ms vs 3.7 ms to write a new 37 MB tensor). Set it to 0 to opt out.
 # It must be set before torch makes its first large allocation.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-from .config import ModelConfig, TrainConfig
-from .arch import ARCH, canonical_shapes, init_canonical_state
-from .model import AlexNet, ColumnNet
-from .placement import rank_alexnet, two_device_alexnet
+from alexnet_mp.config import ModelConfig, TrainConfig  # noqa: E402 (after the allocator setting)
+from alexnet_mp.distributed.placement import rank_alexnet, two_device_alexnet  # noqa: E402
+from alexnet_mp.eval.inference import load_for_inference  # noqa: E402
+from alexnet_mp.model.arch import ARCH, canonical_shapes, init_canonical_state  # noqa: E402
+from alexnet_mp.model.net import AlexNet, ColumnNet  # noqa: E402
 
 __all__ = ["ARCH", "AlexNet", "ColumnNet", "ModelConfig", "TrainConfig", "canonical_shapes",
-           "init_canonical_state", "rank_alexnet", "two_device_alexnet"]
+           "init_canonical_state", "load_for_inference", "rank_alexnet", "two_device_alexnet"]
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ opt-in: every default is the paper's.
 """
 from dataclasses import asdict, dataclass, field, fields
 
-from .errors import UsageError
+from alexnet_mp.errors import ConfigError
 
 IMAGE_SIZE = 256                     # §2: images stored at 256x256
 CROP = 224                           # §2/§4.1: 224x224 patches
@@ -20,10 +20,6 @@ CROP = 224                           # §2/§4.1: 224x224 patches
 COLUMN_CHOICES = (2, 1)              # the paper's net; the one-GPU net of §3.2's footnote
 INIT_CHOICES = ("paper", "torch")
 INPUT_SCALE_CHOICES = ("raw", "unit")
-
-
-class ConfigError(UsageError):
-    """A config value this network cannot take, worded as one line with its fix."""
 
 
 def check_placement(columns, placement):
@@ -87,8 +83,7 @@ def to_dict(cfg):
 
 
 def from_dict(cls, data):
-    """Rebuild a config saved with `to_dict`, ignoring keys this version lacks
-    (older checkpoints also stored an unused `image_size`)."""
+    """Rebuild a config saved with `to_dict`; keys this version does not know are ignored."""
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:

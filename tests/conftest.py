@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from alexnet_mp import demo_data
-from alexnet_mp.prepare import prepare
+from alexnet_mp.data import demo_set as demo_data
+from alexnet_mp.data.prepare import prepare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,17 +1,12 @@
 """Run a function in N gloo processes on 127.0.0.1, one per rank, and collect results."""
 import os
-import socket
 import tempfile
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from alexnet_mp.distributed.launch import free_port  # noqa: F401 (the tests' one free port)
 
 
 def _worker(rank, world, port, out_dir, fn, args):

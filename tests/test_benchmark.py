@@ -31,7 +31,7 @@ def test_quick_benchmark_writes_every_ratio(tmp_path):
 
 def test_the_two_rank_row_never_sets_a_cpu_gloo_pair_against_a_gpu(monkeypatch):
     """With one GPU the (c) row is skipped: two gloo processes on the CPU against a GPU is no ratio."""
-    from alexnet_mp.cli.benchmark import tworank_label
+    from alexnet_mp.bench.sections import tworank_label
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert tworank_label(torch.device("cuda")) is None
     assert "gloo processes, CPU" in tworank_label(torch.device("cpu"))

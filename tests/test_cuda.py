@@ -13,8 +13,8 @@ import torch
 from torch.nn import functional as F
 
 from alexnet_mp import AlexNet, ModelConfig, two_device_alexnet
-from alexnet_mp.backends import configure
-from alexnet_mp.layers import column_lrn
+from alexnet_mp.train.numerics import configure
+from alexnet_mp.model.layers import column_lrn
 
 from .conftest import run_script
 from .helpers import assert_close_rel
@@ -197,7 +197,7 @@ def test_bf16_autocast_trains_with_a_finite_loss_and_a_float32_lrn():
 
 def test_compiled_model_and_compiled_lrn_equal_eager():
     """The fused LRN runs on CUDA by default; torch.compile of the whole net must agree too."""
-    from alexnet_mp.layers import _lrn_backward_eager, _lrn_forward_eager, _rows, fused_lrn_kernels
+    from alexnet_mp.model.layers import _lrn_backward_eager, _lrn_forward_eager, _rows, fused_lrn_kernels
     x = (torch.rand(2, 96, 7, 7, device="cuda") * 100).contiguous(memory_format=torch.channels_last)
     xr, g = _rows(x, 2), torch.randn(2 * 7 * 7, 2, 48, device="cuda")
     forward, backward = fused_lrn_kernels()

@@ -8,10 +8,12 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms
 
-from alexnet_mp import demo_data
-from alexnet_mp.data import (CENTER, EvalTransform, Store, StoreError, TrainTransform,
-                             load_stats, read_classes)
-from alexnet_mp.prepare import prepare
+from alexnet_mp.data import demo_set as demo_data
+from alexnet_mp.data.store import Store
+from alexnet_mp.data.storecheck import read_classes, read_stats
+from alexnet_mp.data.transforms import CENTER, EvalTransform, TrainTransform
+from alexnet_mp.errors import StoreError
+from alexnet_mp.data.prepare import prepare
 
 from alexnet_mp.cli import prepare_data
 
@@ -89,7 +91,7 @@ def test_jpeg_store_holds_the_same_images_within_jpeg_loss(quirky_tree, store, t
         assert np.abs((a - b).mean(axis=(0, 1))).max() < 0.5, raw.files[i]
     size = os.path.getsize(tmp_path / "jpeg" / "train" / "images.jpg")
     assert size < os.path.getsize(raw_out / "train" / "images.u8") / 3
-    mean, _, _ = load_stats(str(tmp_path / "jpeg"))
+    mean, _, _ = read_stats(str(tmp_path / "jpeg"))
     np.testing.assert_allclose(mean, np.stack([jpeg[i][0] for i in range(len(jpeg))]).mean(0), rtol=1e-6)
     again = []
     prepare(str(quirky_tree), str(tmp_path / "jpeg"), workers=2, fmt="jpeg", log=again.append)
@@ -118,7 +120,7 @@ def test_mean_image_and_pca_match_numpy(store):
     out, _ = store
     train = Store(str(out), "train")
     pixels = np.stack([train[i][0] for i in range(len(train))]).astype(np.float64)
-    mean, eigval, eigvec = load_stats(str(out))
+    mean, eigval, eigvec = read_stats(str(out))
     np.testing.assert_allclose(mean, pixels.mean(axis=0), rtol=1e-6)
     cov = np.cov((pixels / 255.0).reshape(-1, 3).T, bias=True)
     np.testing.assert_allclose(eigvec @ np.diag(eigval) @ eigvec.T, cov, rtol=1e-6)
@@ -228,7 +230,7 @@ def test_missing_store_and_missing_stats_name_the_path_and_fix(store, tmp_path):
     os.rename(out / "train" / "stats.npz", out / "train" / "stats.bak")
     try:
         with pytest.raises(StoreError, match=r"missing statistics .*stats.npz: re-run"):
-            load_stats(str(out))
+            read_stats(str(out))
     finally:
         os.rename(out / "train" / "stats.bak", out / "train" / "stats.npz")
     with pytest.raises(StoreError, match="split 'val' is missing"):

@@ -4,7 +4,8 @@ import torch
 from torch.nn import functional as F
 
 from alexnet_mp import AlexNet, ModelConfig, rank_alexnet
-from alexnet_mp.parallel import Topology, apply_data_parallel
+from alexnet_mp.distributed.parallel import Topology, apply_data_parallel
+from alexnet_mp.errors import LaunchError
 
 from .helpers import assert_close_rel, run_ranks
 
@@ -106,7 +107,7 @@ def test_checkpoint_from_two_ranks_loads_into_grouped_and_back(tmp_path):
 def _three_ranks(rank, world):
     try:
         rank_alexnet("cpu", NUM_CLASSES, seed=0)
-    except ValueError as e:
+    except LaunchError as e:
         return str(e)
     return None
 

@@ -8,10 +8,13 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from alexnet_mp import AlexNet, demo_data
-from alexnet_mp.data import EpochSampler, Store, load_stats
-from alexnet_mp.evaluate import errors, predict
-from alexnet_mp.prepare import prepare
+from alexnet_mp import AlexNet
+from alexnet_mp.data import demo_set as demo_data
+from alexnet_mp.data.loader import EpochSampler
+from alexnet_mp.data.store import Store
+from alexnet_mp.data.storecheck import read_stats
+from alexnet_mp.eval.tencrop import errors, predict
+from alexnet_mp.data.prepare import prepare
 
 from .conftest import run_script
 from .helpers import assert_one_line_error, free_port
@@ -58,7 +61,7 @@ def test_ten_crop_errors_equal_an_independent_pil_loop(tiny_store, decisive_chec
     assert "paper, 1 CNN, ILSVRC-2012 val, ten-crop" in proc.stdout and "40.7%" in proc.stdout
     res = json.load(open(tmp_path / "e.json"))
     store = Store(tiny_store, "val")
-    mean = load_stats(tiny_store)[0].astype(np.float32)
+    mean = read_stats(tiny_store)[0].astype(np.float32)
     hit1 = hit5 = 0
     rows = _read_predictions(tmp_path / "p.csv")
     for i, row in enumerate(rows):

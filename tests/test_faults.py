@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alexnet_mp import preflight
+from alexnet_mp.train import preflight
 from alexnet_mp.cli import train as train_cli
 
 from .conftest import ROOT

@@ -15,8 +15,8 @@ from alexnet_mp.cli import evaluate as evaluate_cli
 from alexnet_mp.cli import predict as predict_cli
 from alexnet_mp.cli import prepare_data
 from alexnet_mp.cli import train as train_cli
-from alexnet_mp.data import Store
-from alexnet_mp.prepare import prepare
+from alexnet_mp.data.store import Store
+from alexnet_mp.data.prepare import prepare
 
 from .helpers import assert_one_line_result, read_only_folder, snapshot
 

@@ -8,9 +8,9 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn import functional as F
 
 from alexnet_mp import AlexNet, ModelConfig, rank_alexnet
-from alexnet_mp.exchange import _channels_last, backward_reduction, column_chunks
-from alexnet_mp.model import class_split
-from alexnet_mp.parallel import Topology, apply_data_parallel
+from alexnet_mp.distributed.exchange import _channels_last, backward_reduction, column_chunks
+from alexnet_mp.model.arch import class_split
+from alexnet_mp.distributed.parallel import Topology, apply_data_parallel
 
 from .helpers import assert_close_rel, run_ranks
 from .test_distributed import batch

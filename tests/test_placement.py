@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 
 from alexnet_mp.errors import UsageError
-from alexnet_mp.placement import choose_placement, job_backend, local_gpu, share_identities, torchrun_wanted
+from alexnet_mp.distributed.launch import choose_placement, job_backend, local_gpu, share_identities, torchrun_wanted
 
 from .helpers import free_port
 
@@ -17,18 +17,18 @@ def _choose(**kw):
 
 
 def test_no_flags_prefer_two_gpus_then_one_then_cpu():
-    assert _choose(cuda_count=2) == (("two-device", ["cuda:0", "cuda:1"], None), [])
-    assert _choose(cuda_count=1) == (("grouped", ["cuda:0"], None), [])
-    assert _choose(cuda_count=0) == (("grouped", ["cpu"], None), [])
+    assert _choose(cuda_count=2) == (("two-device", ["cuda:0", "cuda:1"]), [])
+    assert _choose(cuda_count=1) == (("grouped", ["cuda:0"]), [])
+    assert _choose(cuda_count=0) == (("grouped", ["cpu"]), [])
 
 
 def test_devices_naming_a_missing_gpu_fall_back_with_one_warning():
-    (placement, devices, _), said = _choose(devices="cuda:0,cuda:1", cuda_count=1)
+    (placement, devices), said = _choose(devices="cuda:0,cuda:1", cuda_count=1)
     assert (placement, devices) == ("grouped", ["cuda:0"])
     assert len(said) == 1 and "cuda:1 not available (1 GPU(s) visible)" in said[0]
-    (placement, devices, _), said = _choose(devices="cuda:0,cuda:1", cuda_count=0)
+    (placement, devices), said = _choose(devices="cuda:0,cuda:1", cuda_count=0)
     assert (placement, devices) == ("grouped", ["cpu"]) and len(said) == 1
-    assert _choose(devices="cpu,cpu", cuda_count=0) == (("two-device", ["cpu", "cpu"], None), [])
+    assert _choose(devices="cpu,cpu", cuda_count=0) == (("two-device", ["cpu", "cpu"]), [])
 
 
 def _identities(ranks):
@@ -96,7 +96,7 @@ def test_identities_travel_through_the_rendezvous_store_to_every_rank():
 def test_weights_go_channels_last_only_where_a_column_runs_on_a_gpu():
     """cudnn's fastest convolutions want channels_last weights; the CPU's kernels do not care."""
     from alexnet_mp import AlexNet
-    from alexnet_mp.placement import gpu_layout
+    from alexnet_mp.distributed.placement import gpu_layout
     cl = torch.channels_last
     assert gpu_layout(AlexNet(10, init=False), ["cpu"]).conv2.weight.is_contiguous()
     for names in (["cuda:0"], ["cuda:0", "cpu"], ["cpu", "cuda:1"]):

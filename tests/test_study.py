@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from alexnet_mp import study
 from alexnet_mp.cli import study as study_cli
+from alexnet_mp.study import runs, table
+from alexnet_mp.study.variants import choose_variants
 
 from .conftest import make_store
 
@@ -26,7 +27,7 @@ def test_summary_means_spreads_and_differences_by_hand():
     records = [_record("baseline", 0, 0.30, 0.10), _record("baseline", 1, 0.34, 0.12),
                _record("no-lrn", 0, 0.40, 0.10), _record("no-lrn", 1, 0.36, 0.09),
                _record("pool2", 0, 0.29, 0.11), {"variant": "pool2", "seed": 1, "status": "failed"}]
-    rows = {r["variant"]: r for r in study.summarise(records, study.choose_variants("no-lrn,pool2"))}
+    rows = {r["variant"]: r for r in table.summarise(records, choose_variants("no-lrn,pool2"))}
     base, lrn, pool = rows["baseline"], rows["no-lrn"], rows["pool2"]
     # baseline top-1: 30 and 34 -> mean 32, sd sqrt(((-2)^2 + 2^2) / 1) = sqrt(8)
     assert base["top1_err"]["mean"] == pytest.approx(32.0) and base["top1_err"]["sd"] == pytest.approx(8 ** 0.5)
@@ -40,7 +41,7 @@ def test_summary_means_spreads_and_differences_by_hand():
     # pool2: one finished run of two; no spread, so no standard error
     assert (pool["runs"], pool["failed"]) == (1, 1)
     assert pool["top1_err"]["delta"] == pytest.approx(29.0 - 32.0) and pool["top1_err"]["se"] is None
-    md = study.markdown(list(rows.values()), "header line")
+    md = table.markdown(list(rows.values()), "header line")
     line = next(row for row in md.splitlines() if row.startswith("| no-lrn"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[2:10] == ["2", "38.0 ± 2.8", "9.5 ± 0.7", "+6.0 ± 2.8", "+1.4", "-1.5 ± 1.1", "+1.2", "yes / no*"]
@@ -81,9 +82,9 @@ def test_tiny_study_writes_table_and_figure_and_a_rerun_trains_nothing(micro_sto
     md = (out / "study.md").read_text()
     assert "| baseline |" in md and "| no-lrn |" in md and "+1.4" in md
     assert (out / "study.png").stat().st_size > 0
-    # Again: every run is finished, so neither tool is called; without matplotlib, a warning and no PNG.
-    monkeypatch.setattr(study_cli.train, "main", lambda argv: pytest.fail("trained again"))
-    monkeypatch.setattr(study_cli.evaluate, "main", lambda argv: pytest.fail("evaluated again"))
+    # Again: every run is finished, so neither is called; without matplotlib, a warning and no PNG.
+    monkeypatch.setattr(runs, "train", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(runs, "evaluate", lambda *a, **k: pytest.fail("evaluated again"))
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     os.remove(out / "study.png")
     capsys.readouterr()
@@ -105,45 +106,51 @@ def test_a_run_stopped_by_a_signal_is_not_recorded_as_finished(micro_store, tmp_
     out = tmp_path / "study"
     argv = ["--data-path", micro_store, "--output-dir", str(out), "--variants", "baseline", "--seeds", "1",
             "--epochs", "1", "-b", "10", "-j", "0"]
-    real_train = study_cli.train.main
-    # --stop-at-step stops a run cleanly exactly as SIGTERM does (train.py's StopFlag), after one step.
-    monkeypatch.setattr(study_cli.train, "main", lambda a: real_train(a + ["--stop-at-step", "1"]))
-    monkeypatch.setattr(study_cli.evaluate, "main", lambda a: pytest.fail("evaluated a stopped run"))
+    from dataclasses import replace
+    real_train = runs.train
+    # A stop at a step of the run's own (not the budget's) ends it cleanly exactly as SIGTERM does
+    # (the training loop's StopFlag), after one step.
+    monkeypatch.setattr(runs, "train", lambda opts, cfg, **k: real_train(replace(opts, stop_at_step=1), cfg, **k))
+    monkeypatch.setattr(runs, "evaluate", lambda *a, **k: pytest.fail("evaluated a stopped run"))
     assert study_cli.main(argv) == 0
     assert "baseline seed 0 stopped before its budget: run the same command again" in capsys.readouterr().out
     assert torch_load(out / "baseline" / "seed0" / "checkpoint.pt")["step"] == 1
-    assert not (out / "baseline" / "seed0" / study.RUN_RECORD).exists()
+    assert not (out / "baseline" / "seed0" / runs.RUN_RECORD).exists()
     assert not (out / "study.json").exists()
 
 
 def test_a_failed_run_is_tabulated_as_failed_and_retried_by_the_next_invocation(micro_store, tmp_path,
                                                                                  monkeypatch, capsys):
-    """The study's bookkeeping, with the two tools stubbed: no-lrn's training fails once (as a diverging
-    loss does: exit 2), the baseline trains and evaluates."""
-    import torch
+    """The study's bookkeeping, with training and evaluation stubbed: no-lrn's training fails once
+    (as a diverging loss does: one line, exit 2), the baseline trains and evaluates."""
+    from alexnet_mp import AlexNet
+    from alexnet_mp.errors import TrainingError
+    from alexnet_mp.eval.run import Evaluation
+    from alexnet_mp.train.loop import Result
+
+    from .checkpoints import write_old_format_checkpoint
     calls = []
 
-    def fake_train(argv):
-        folder = argv[argv.index("--output-dir") + 1]
-        calls.append(os.path.basename(os.path.dirname(folder)))
-        if "--no-lrn" in argv and calls.count("no-lrn") == 1:
-            return 2
-        os.makedirs(folder, exist_ok=True)
-        torch.save({"epoch": 1, "step": 2}, os.path.join(folder, "checkpoint.pt"))
-        with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+    def fake_train(opts, cfg, **kwargs):
+        calls.append(os.path.basename(os.path.dirname(opts.output_dir)))
+        if not cfg.model.lrn and calls.count("no-lrn") == 1:
+            raise TrainingError("loss is nan at epoch 0 step 1: training diverged; lower --lr")
+        os.makedirs(opts.output_dir, exist_ok=True)
+        write_old_format_checkpoint(os.path.join(opts.output_dir, "checkpoint.pt"), AlexNet(10, seed=0))
+        with open(os.path.join(opts.output_dir, "metrics.jsonl"), "w") as f:
             f.write(json.dumps({"epoch": 0, "step": 2, "loss": 2.0, "val_top1_err": 0.5, "val_top5_err": 0.1}) + "\n")
-        return 0
+        return Result(0, opts.data_path, opts.output_dir, 0.5, stopped=False, epoch=cfg.epochs, step=2)
 
-    def fake_evaluate(argv):
+    def fake_evaluate(opts, run, state):
         result = {"top1_err": 0.25, "top5_err": 0.05, "center_top1_err": 0.3, "center_top5_err": 0.1,
                   "num_images": 10}
-        json.dump(result, open(argv[argv.index("--json") + 1], "w"))
-        return 0
-    monkeypatch.setattr(study_cli.train, "main", fake_train)
-    monkeypatch.setattr(study_cli.evaluate, "main", fake_evaluate)
+        return Evaluation(result, {}, [], [])
+    monkeypatch.setattr(runs, "train", fake_train)
+    monkeypatch.setattr(runs, "evaluate", fake_evaluate)
     argv = ["--data-path", micro_store, "--output-dir", str(tmp_path), "--variants", "no-lrn", "--seeds", "1",
             "--epochs", "1", "-b", "10"]
     assert study_cli.main(argv) == 0
+    assert "error: loss is nan at epoch 0 step 1" in capsys.readouterr().err
     rows = {r["variant"]: r for r in json.load(open(tmp_path / "study.json"))["summary"]}
     assert (rows["baseline"]["runs"], rows["no-lrn"]["runs"], rows["no-lrn"]["failed"]) == (1, 0, 1)
     assert rows["baseline"]["top1_err"]["mean"] == pytest.approx(25.0)

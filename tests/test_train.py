@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from alexnet_mp import AlexNet
-from alexnet_mp.optim import LRSchedule, PaperSGD
+from alexnet_mp.train.optim import LRSchedule, PaperSGD
 
 from .conftest import ROOT, run_script
 from .helpers import assert_close_rel, assert_one_line_error, free_port
@@ -120,7 +120,8 @@ def test_odd_world_size_is_one_line(tiny_store, tmp_path):
 
 
 def test_checkpoint_with_another_class_count_is_one_line(tiny_store, tmp_path):
-    torch.save(AlexNet(5, seed=0).state_dict(), tmp_path / "five.pt")
+    from .checkpoints import write_old_format_checkpoint
+    write_old_format_checkpoint(tmp_path / "five.pt", AlexNet(5, seed=0))
     proc = run_script(train_cmd(tiny_store, tmp_path / "out", "-b", "8", "--resume", str(tmp_path / "five.pt")))
     assert_one_line_error(proc, "has 5 classes but")
 
@@ -228,7 +229,7 @@ def test_non_finite_weights_are_found_in_either_column_of_two_devices():
     found. (That it reduces per device, as columns on cuda:0 and the CPU need, is pinned by
     test_cuda.test_two_device_training_across_cuda_and_cpu_logs_and_checkpoints.)"""
     from alexnet_mp import two_device_alexnet
-    from alexnet_mp.train import _weights_finite
+    from alexnet_mp.train.loop import _weights_finite
     model = two_device_alexnet(("cpu", "cpu"), 10, seed=0)
     assert _weights_finite(model)
     with torch.no_grad():
@@ -236,15 +237,41 @@ def test_non_finite_weights_are_found_in_either_column_of_two_devices():
     assert not _weights_finite(model)
 
 
-def test_resume_from_a_bare_state_dict_starts_fresh_from_its_weights(tiny_store, tmp_path):
+def test_weights_of_a_bare_state_dict_start_a_fresh_run_and_resume_refuses_it(tiny_store, tmp_path):
     bare = AlexNet(10, seed=9)
     torch.save(bare.state_dict(), tmp_path / "bare.pt")
+    proc = run_script(train_cmd(tiny_store, tmp_path / "refused", "-b", "8", "--resume", str(tmp_path / "bare.pt")))
+    assert_one_line_error(proc, f"is a bare state dict (weights only), which has no run to continue: start a "
+                                f"fresh run from its weights with --weights {tmp_path / 'bare.pt'}")
     proc = _ok(run_script(train_cmd(tiny_store, tmp_path / "out", "-b", "8", "-j", "0", "--dropout", "0",
-                                    "--lr", "1e-9", "--resume", str(tmp_path / "bare.pt"), "--stop-at-step", "1")))
+                                    "--lr", "1e-9", "--weights", str(tmp_path / "bare.pt"), "--stop-at-step", "1")))
     assert "starting from the weights in" in proc.stdout
     got = model_of(tmp_path / "out")
     assert got["step"] == 1
     assert_close_rel(got["model"]["fc6.weight"], bare.state_dict()["fc6.weight"], 1e-5, "fc6")
+
+
+def test_a_checkpoint_in_the_format_before_the_layout_change_loads_and_resumes(tiny_store, tmp_path):
+    """The checkpoint is written by the test's own writer, with the keys of stop 15. A failure
+    points to a key that the composition from TrainState and the parts' state_dicts renamed."""
+    from dataclasses import replace
+
+    from alexnet_mp import TrainConfig, load_for_inference
+    from alexnet_mp.data.storecheck import read_stats
+
+    from .checkpoints import write_old_format_checkpoint
+    out = tmp_path / "out"
+    out.mkdir()
+    net = AlexNet(10, seed=4)
+    write_old_format_checkpoint(out / "checkpoint.pt", net, epoch=1, step=5, mean=read_stats(tiny_store)[0],
+                                config=replace(TrainConfig(), batch_size=8, epochs=2, seed=3))
+    model, classes, _, mean = load_for_inference(str(out / "checkpoint.pt"))
+    assert classes == [f"c{i}" for i in range(10)] and mean.shape == (256, 256, 3)
+    assert all(torch.equal(model.canonical_state_dict()[k], v) for k, v in net.state_dict().items())
+    proc = _ok(run_script(train_cmd(tiny_store, out, "-b", "8", "-j", "0", "--resume", "auto")))
+    assert f"resumed from {out / 'checkpoint.pt'}: epoch 1, step 5" in proc.stdout
+    got = model_of(out)
+    assert (got["epoch"], got["step"]) == (2, 10)          # the second epoch's 5 steps of 40 images at 8
 
 
 def _children(pid):
@@ -314,7 +341,7 @@ def test_float32_is_the_default_and_only_tf32_changes_it(tiny_store, tmp_path, c
 
 
 def test_cudnn_autotunes_on_cuda_only_and_never_under_deterministic(restore_numerics):
-    from alexnet_mp.backends import configure
+    from alexnet_mp.train.numerics import configure
     for device, deterministic, expected in (("cuda:0", False, True), ("cuda:0", True, False),
                                             ("cpu", False, False)):
         torch.backends.cudnn.benchmark = not expected

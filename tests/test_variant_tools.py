@@ -12,10 +12,11 @@ from alexnet_mp import AlexNet
 from alexnet_mp.cli import evaluate, predict, visualize
 from alexnet_mp.cli.train import parser
 from alexnet_mp.config import to_dict
-from alexnet_mp.data import Store, load_stats, read_classes
-from alexnet_mp.inference import load_for_inference
-from alexnet_mp.prepare import to_256
-from alexnet_mp.train import config_from_args
+from alexnet_mp.data.store import Store
+from alexnet_mp.data.storecheck import read_classes, read_stats
+from alexnet_mp import load_for_inference
+from alexnet_mp.data.images import to_256
+from alexnet_mp.cli.train import config_from_args
 
 from .reference import centre_crop, reference_logits
 
@@ -35,7 +36,7 @@ def save_variant_checkpoint(store, path, flags):
     with torch.no_grad():
         model.fc8.weight.mul_(40)
     torch.save({"model": model.state_dict(), "config": to_dict(cfg), "classes": read_classes(store),
-                "data_mean": torch.from_numpy(load_stats(store)[0])}, path)
+                "data_mean": torch.from_numpy(read_stats(store)[0])}, path)
     return cfg, model.state_dict()
 
 
@@ -50,7 +51,7 @@ def test_variant_checkpoint_evaluates_and_predicts_with_no_flags(name, tiny_stor
     path = str(tmp_path / "checkpoint.pt")
     cfg, sd = save_variant_checkpoint(tiny_store, path, flags)
     assert load_for_inference(path)[0].config == replace(cfg.model, num_classes=10)
-    mean = load_stats(tiny_store)[0]
+    mean = read_stats(tiny_store)[0]
     table = str(tmp_path / "p.csv")
     assert evaluate.main(["--checkpoint", path, "--data-path", tiny_store, "-j", "0", "--crops", "1",
                           "-b", "10", "--predictions", table]) == 0

@@ -9,10 +9,12 @@ from torch import nn
 
 from alexnet_mp import AlexNet, ModelConfig, canonical_shapes, two_device_alexnet
 from alexnet_mp.cli.train import parser
-from alexnet_mp.config import ConfigError
-from alexnet_mp.data import EvalTransform, Store, TrainTransform, load_stats
-from alexnet_mp.model import ARCH
-from alexnet_mp.train import config_from_args
+from alexnet_mp.errors import ConfigError
+from alexnet_mp.data.store import Store
+from alexnet_mp.data.storecheck import read_stats
+from alexnet_mp.data.transforms import EvalTransform, TrainTransform
+from alexnet_mp.model.arch import ARCH
+from alexnet_mp.cli.train import config_from_args
 
 from .helpers import assert_close_rel
 from .reference import TORCHVISION_MEAN, TORCHVISION_STD, centre_crop, reference_logits
@@ -151,7 +153,7 @@ def test_torch_init_draws_pytorchs_default_and_changes_nothing_else():
 
 def test_input_scale_unit_is_torchvisions_scaling_of_the_same_crops(tiny_store):
     store = Store(tiny_store, "train")
-    mean, eigval, eigvec = load_stats(tiny_store)
+    mean, eigval, eigvec = read_stats(tiny_store)
     image = store[3][0]
     # Eval: torchvision's ToTensor + Normalize of the centre crop (an independent implementation).
     got = EvalTransform(mean, crops=1, input_scale="unit")(image)

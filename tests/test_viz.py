@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet_mp import AlexNet, viz
-from alexnet_mp.data import EvalTransform, Store, StoreDataset, load_stats, read_classes
+from alexnet_mp import AlexNet
+from alexnet_mp.eval import figures as viz
+from alexnet_mp.data.store import Store, StoreDataset
+from alexnet_mp.data.storecheck import read_classes, read_stats
+from alexnet_mp.data.transforms import EvalTransform
 
 from .conftest import run_script
 
@@ -56,7 +59,7 @@ def test_colour_specificity_is_zero_for_grey_and_high_for_one_channel():
 def test_nearest_in_fc7_equals_brute_force_numpy(tiny_store):
     model = AlexNet(10, seed=5).eval()
     store = Store(tiny_store, "train")
-    centre = EvalTransform(load_stats(tiny_store)[0], crops=1)
+    centre = EvalTransform(read_stats(tiny_store)[0], crops=1)
     data = StoreDataset(store, centre)
     queries = torch.stack([centre(Store(tiny_store, "val")[i][0]) for i in (0, 7, 13)])
     loader = torch.utils.data.DataLoader(data, batch_size=7)
@@ -78,7 +81,7 @@ def training_like_checkpoint(tiny_store, tmp_path_factory):
     meta = read_classes(tiny_store)
     meta["names"] = {meta["classes"][0]: "a disc"}
     torch.save({"model": model.state_dict(), "classes": meta,
-                "data_mean": torch.from_numpy(load_stats(tiny_store)[0].astype(np.float32))}, path)
+                "data_mean": torch.from_numpy(read_stats(tiny_store)[0].astype(np.float32))}, path)
     return str(path), model.eval()
 
 
@@ -97,7 +100,7 @@ def test_predict_prints_top5_and_skips_a_non_image(tiny_store, training_like_che
     probs = [float(p) for p, _ in rows]
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
     # Independent: the stored 256x256 image's ten crops through the same weights.
-    mean = load_stats(tiny_store)[0]
+    mean = read_stats(tiny_store)[0]
     with torch.no_grad():
         p = torch.softmax(model(EvalTransform(mean, 10)(val[0][0])), 1).mean(0)
     top = p.topk(5)

@@ -14,7 +14,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from alexnet_mp import train as training
+from alexnet_mp.train import loop as training
 from alexnet_mp.cli import train as cli
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter_single", "reduce_scatter_tensor", "broadcast",

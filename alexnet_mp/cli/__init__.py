@@ -1,5 +1,9 @@
 """The console scripts' code; `tools/*.py` are thin launchers of these for a checkout.
 
+Each module parses one tool's arguments into config objects, calls the library
+and prints; no module here imports another. What they share is here: the flags
+several tools take and their ranges, and the error wrapper.
+
 Every tool's `main(argv)` goes through `tool`: the project's errors
 (`UsageError`) and the OS errors a user can fix (a missing path, a permission,
 a full disk) become one line on stderr and exit code 2. Anything else is a bug
@@ -8,12 +12,17 @@ and keeps its traceback.
 import argparse
 import errno
 import functools
+import math
 import os
 import shutil
 import sys
 import tempfile
 
-from ..errors import UsageError
+from alexnet_mp.config import COLUMN_CHOICES, INIT_CHOICES, INPUT_SCALE_CHOICES, ModelConfig
+from alexnet_mp.errors import UsageError
+from alexnet_mp.train.numerics import AMP_DTYPES
+
+PAPER_MODEL = ModelConfig()
 
 # OS errors whose fix is the user's: a path, a permission, disk space.
 USER_ERRNOS = {errno.ENOENT: "does not exist", errno.EACCES: "is not accessible (permission denied)",
@@ -63,6 +72,71 @@ def check_at_least(*checks):
     for flag, value, low in checks:
         if value < low:
             raise UsageError(f"{flag} {value} is out of range: it must be at least {low}")
+
+
+def epoch_list(text):
+    """argparse type of --lr-steps: comma-separated epochs."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of epochs, e.g. 30,60,80")
+
+
+def add_speed_flags(p):
+    """The opt-in speed modes that depart from the paper's float32 arithmetic (README: deviations)."""
+    p.add_argument("--amp", choices=sorted(AMP_DTYPES),
+                   help="autocast speed mode (LRN, softmax and loss stay float32); not the paper's arithmetic")
+    p.add_argument("--tf32", action="store_true",
+                   help="TF32 convolutions and matmuls on Ampere or newer GPUs; not the paper's float32")
+
+
+def add_variant_flags(p):
+    """§3's ablations and two failure modes of re-implementations; each departs from the paper when set.
+    --dropout 0 and --pca-std 0 are the other two ablations. All are saved in the checkpoint's config."""
+    v = p.add_argument_group("variants (departures from the paper, for tools/study.py)")
+    v.add_argument("--columns", type=int, choices=COLUMN_CHOICES, default=PAPER_MODEL.columns,
+                   help="1: §3.2's one-GPU net (conv1-4 with 48, 128, 192, 192 kernels; conv5, fc6, fc7 "
+                        "not halved); grouped placement only")
+    v.add_argument("--no-lrn", dest="lrn", action="store_false", help="drop the LRN after conv1 and conv2 (§3.3)")
+    v.add_argument("--pool", type=int, choices=(3, 2), default=PAPER_MODEL.pool_size,
+                   help="max-pool window, stride 2: 3 overlaps (§3.4), 2 does not (map sizes stay 27, 13, 6)")
+    v.add_argument("--input-scale", choices=INPUT_SCALE_CHOICES, default=PAPER_MODEL.input_scale,
+                   help="raw: 0..255 minus the mean image (spec §2); unit: /255 and torchvision's "
+                        "per-channel mean and std (a failure mode)")
+    v.add_argument("--init", choices=INIT_CHOICES, default=PAPER_MODEL.init,
+                   help="paper: N(0, 0.01^2), biases 1/0 (§5); torch: PyTorch's default (a failure mode)")
+
+
+# (flag, attribute, accepted, what it must be): the ranges of the training flags, which the
+# study's budget flags share; checked before anything is read or built.
+RANGES = (
+    ("-b", "batch_size", lambda v: v > 0, "a positive number of images per replica"),
+    ("-j", "workers", lambda v: v >= 0, "0 (load in the main process) or more worker processes"),
+    ("--epochs", "epochs", lambda v: v > 0, "a positive number of epochs"),
+    ("--lr", "lr", lambda v: 0 < v < math.inf, "a positive learning rate, e.g. 0.01"),
+    ("--momentum", "momentum", lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.9"),
+    ("--wd", "wd", lambda v: 0 <= v < math.inf, "0 or a positive weight decay, e.g. 0.0005"),
+    ("--dropout", "dropout", lambda v: 0 <= v < 1, "a probability in [0, 1), e.g. 0.5"),
+    ("--init-std", "init_std", lambda v: 0 < v < math.inf, "a positive standard deviation, e.g. 0.01"),
+    ("--pca-std", "pca_std", lambda v: 0 <= v < math.inf, "0 (no colour shift) or a positive std, e.g. 0.1"),
+    ("--plateau-patience", "plateau_patience", lambda v: v >= 1, "at least 1 epoch"),
+    ("--print-freq", "print_freq", lambda v: v > 0, "a positive number of steps"),
+    ("--checkpoint-minutes", "checkpoint_minutes", lambda v: 0 <= v < math.inf, "0 (off) or more minutes"),
+    ("--stop-at-step", "stop_at_step", lambda v: v >= 0, "0 (off) or a step number"),
+    ("--seed", "seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2^32)"),
+)
+
+
+def check_ranges(args):
+    """Every range in RANGES that `args` has a value for: one line naming the flag and the fix."""
+    for flag, name, ok, what in RANGES:
+        value = getattr(args, name, None)
+        if value is not None and not ok(value):     # NaN fails every comparison, so it lands here too
+            raise UsageError(f"{flag} {value} is out of range: it must be {what}")
+    steps = getattr(args, "lr_steps", None)
+    if steps and (min(steps) <= 0 or steps != sorted(set(steps))):
+        raise UsageError(f"--lr-steps {','.join(map(str, steps))} must be increasing positive epochs, "
+                         f"e.g. 30,60,80")
 
 
 def check_output_file(path, flag, extensions=None, example="out.json"):

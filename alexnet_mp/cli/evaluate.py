@@ -3,25 +3,15 @@
 The code behind tools/evaluate.py, whose docstring has the exact command lines.
 """
 import csv
-import json
 import os
 import sys
 
-from alexnet_mp.atomic import atomic_write
-from alexnet_mp.backends import amp_note, configure
-from alexnet_mp.cli import ArgumentParser, check_at_least, check_output_file, tool
-from alexnet_mp.cli.train import add_speed_flags
-from alexnet_mp.data import Store, eval_loader
-from alexnet_mp.evaluate import gather, predict, summary
-from alexnet_mp.checkpoint import load, model_config
-from alexnet_mp.inference import load_for_inference
-from alexnet_mp.placement import input_device
-from alexnet_mp.runtime import Run
-
-# spec §5: (label, top-1 error %, top-5 error %)
-REFERENCE_ROWS = (("paper, 1 CNN, ILSVRC-2012 val, ten-crop", 40.7, 18.2),
-                  ("torchvision alexnet, centre crop", 43.5, 20.9))
-
+from alexnet_mp.cli import ArgumentParser, add_speed_flags, check_at_least, check_output_file, tool
+from alexnet_mp.data.store import Store
+from alexnet_mp.distributed.launch import Run
+from alexnet_mp.eval.run import EvalOptions, evaluate, table
+from alexnet_mp.files import atomic_write, write_json
+from alexnet_mp.train.checkpoint import load, model_config
 
 def parse_args(argv):
     p = ArgumentParser(description="Ten-crop evaluation of an alexnet_mp checkpoint")
@@ -44,47 +34,15 @@ def parse_args(argv):
     return args
 
 
-def table(res):
-    rows = [("this checkpoint, ten-crop" if res["crops"] == 10 else "this checkpoint, centre crop",
-             100 * res["top1_err"], 100 * res["top5_err"])]
-    if res["crops"] == 10:
-        rows.append(("this checkpoint, centre crop", 100 * res["center_top1_err"], 100 * res["center_top5_err"]))
-    rows += list(REFERENCE_ROWS)
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{'':{width}}  top-1 err  top-5 err", f"{'-' * width}  ---------  ---------"]
-    lines += [f"{name:{width}}  {t1:8.1f}%  {t5:8.1f}%" for name, t1, t5 in rows]
-    lines.append(f"{res['num_images']} images, {res['crops']} crop(s) each; reference rows are ImageNet figures")
-    return "\n".join(lines)
+def write_predictions(path, done):
+    classes, result = done.classes, done.result
 
-
-def evaluate(args, run, state):
-    for note in configure(run.device, args.tf32) + amp_note(args.amp):
-        run.log(f"speed mode, departs from the paper's float32 arithmetic: {note}")
-    loader, _ = eval_loader(args.data_path, args.split, args.batch_size, args.workers, args.crops,
-                            run.replicas, run.replica, input_scale=model_config(state).input_scale,
-                            pin_memory=run.device.type == "cuda")
-    model, classes, _, _ = load_for_inference(args.checkpoint, args.data_path, run.placement, run.devices,
-                                              state=state, topology=run.topology)
-    result = gather(predict(model, loader, input_device(model), args.crops, log=run.log,
-                            counts_here=run.column == 0, amp=args.amp))
-    res = summary(result, classes, args.checkpoint, args.crops)
-    if not run.main:
-        return res
-    run.log(table(res))
-    if args.json:
-        atomic_write(args.json, lambda f: json.dump(res, f, indent=1), "w")
-        run.log(f"wrote {args.json}")
-    if args.predictions:
-        files = loader.dataset.store.files
-
-        def write(f):
-            w = csv.writer(f)
-            w.writerow(["path", "true"] + [f"top{k}" for k in range(1, 6)] + [f"prob{k}" for k in range(1, 6)])
-            for i, label, top, prob in zip(result["index"], result["label"], result["top5"], result["prob5"]):
-                w.writerow([files[i], classes[label]] + [classes[t] for t in top] + [f"{p:.6f}" for p in prob])
-        atomic_write(args.predictions, write, "w")
-        run.log(f"wrote {args.predictions}")
-    return res
+    def write(f):
+        w = csv.writer(f)
+        w.writerow(["path", "true"] + [f"top{k}" for k in range(1, 6)] + [f"prob{k}" for k in range(1, 6)])
+        for i, label, top, prob in zip(result["index"], result["label"], result["top5"], result["prob5"]):
+            w.writerow([done.files[i], classes[label]] + [classes[t] for t in top] + [f"{p:.6f}" for p in prob])
+    atomic_write(path, write, "w")
 
 
 @tool
@@ -93,10 +51,19 @@ def main(argv=None):
     Store(args.data_path, args.split)  # the store's checks take milliseconds, the checkpoint's load seconds
     state = load(args.checkpoint)      # its variant decides the placement: the 1-column net is grouped only
     run = Run(args.devices, columns=model_config(state).columns)
+    opts = EvalOptions(args.checkpoint, args.data_path, args.split, args.crops, args.batch_size, args.workers,
+                       args.amp, args.tf32)
     try:
-        evaluate(args, run, state)
+        done = evaluate(opts, run, state)
     finally:
         run.close()
+    if run.main:
+        print(table(done.summary))
+        for path, write in ((args.json, lambda p: write_json(p, done.summary)),
+                            (args.predictions, lambda p: write_predictions(p, done))):
+            if path:
+                write(path)
+                print(f"wrote {path}")
     return 0
 
 

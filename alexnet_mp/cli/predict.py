@@ -7,12 +7,12 @@ import sys
 
 import torch
 
-from alexnet_mp.data import EvalTransform
 from alexnet_mp.cli import ArgumentParser, shown, tool
+from alexnet_mp.data.images import IMAGE_EXTENSIONS, to_256
+from alexnet_mp.data.transforms import EvalTransform
+from alexnet_mp.distributed.placement import input_device
 from alexnet_mp.errors import UsageError
-from alexnet_mp.inference import load_for_inference
-from alexnet_mp.placement import input_device
-from alexnet_mp.prepare import IMAGE_EXTENSIONS, to_256
+from alexnet_mp.eval.inference import load_for_inference
 
 
 def expand(paths):

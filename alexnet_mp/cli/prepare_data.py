@@ -6,7 +6,7 @@ import os
 import sys
 
 from alexnet_mp.cli import ArgumentParser, check_at_least, tool
-from alexnet_mp.prepare import prepare
+from alexnet_mp.data.prepare import prepare
 
 
 def parse_args(argv):

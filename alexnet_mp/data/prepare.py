@@ -1,0 +1,342 @@
+"""Convert an image tree into a prepared store (layout in `alexnet_mp.data`).
+
+§2: each image is rescaled so its shorter side is 256 (antialiased), then its
+central 256x256 patch is kept. Nothing else is done to the stored pixels.
+
+Sources: a tree with train/ and val/ folders (the ImageNet layout), or any
+ImageFolder tree (class folders directly under SRC, taken as the train split).
+A flat val/ folder is read with a CSV of `filename,class`. Class index = the
+sorted folder names, as torchvision's ImageFolder numbers them.
+"""
+import csv
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+
+import numpy as np
+from PIL import Image
+
+from alexnet_mp.data.images import IMAGE_EXTENSIONS, SIZE, to_256
+from alexnet_mp.data.store import Store
+from alexnet_mp.data.storecheck import DONE, FAILED, FORMATS, TODO, read_split, read_stats
+from alexnet_mp.errors import StoreError
+from alexnet_mp.files import atomic_write, claim, remove_stale_temps, write_json
+
+CHUNK = 64
+JPEG_QUALITY = 95          # with 4:4:4 chroma: colour matters to PCA and the mean image
+SPLIT_FILES = ("index.json", "status.u8", "offsets.i64", "report.txt", "stats.npz")
+
+
+def _is_image(name):
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def scan_folders(root):
+    """(classes, files relative to root, labels, skipped non-image files) of an ImageFolder tree."""
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise StoreError(f"{root} has no class folders: expected {root}/<class>/<image> "
+                         f"(or a flat folder with --labels CSV)")
+    files, labels, skipped = [], [], []
+    for label, name in enumerate(classes):
+        found = 0
+        for dirpath, _, names in sorted(os.walk(os.path.join(root, name))):
+            for f in sorted(names):
+                rel = os.path.relpath(os.path.join(dirpath, f), root)
+                if _is_image(f):
+                    files.append(rel)
+                    labels.append(label)
+                    found += 1
+                else:
+                    skipped.append(rel)
+        if not found:
+            raise StoreError(f"class folder {os.path.join(root, name)} has no images: "
+                             f"add images or remove the folder")
+    return classes, files, labels, skipped
+
+
+def text_lines(path, what):
+    """(line number, text) of a UTF-8 file; a line that is not UTF-8 is an error naming it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    for n, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), 1):
+        try:
+            yield n, raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StoreError(f"{path} line {n} is not UTF-8 text ({raw[:40]!r}): save the {what} "
+                             f"as UTF-8") from None
+
+
+def scan_flat(root, labels_csv, classes):
+    """Files of a flat folder labelled by a CSV of `filename,class`; a bad row is an error naming it."""
+    index = {c: i for i, c in enumerate(classes)}
+    files, labels, seen = [], [], {}
+    for n, line in text_lines(labels_csv, "--labels CSV"):
+        row = next(csv.reader([line]), [])
+        if not row or not "".join(row).strip() or (n == 1 and row[0].strip().lower() in ("filename", "file", "image")):
+            continue
+        where = f"--labels {labels_csv} line {n}"
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise StoreError(f"{where} ({line.strip()!r}) is not a 'filename,class' row: fix or remove it")
+        name, cls = row[0].strip(), row[1].strip()
+        if cls not in index:
+            raise StoreError(f"{where}: class '{cls}' of {name} is not a class folder of train/: "
+                             f"fix the row, or check the CSV belongs to this tree")
+        if not os.path.isfile(os.path.join(root, name)):
+            raise StoreError(f"{where}: {os.path.join(root, name)} does not exist: fix the file name "
+                             f"or remove the row")
+        if name in seen:
+            raise StoreError(f"{where}: {name} is listed again (first on line {seen[name]}): remove one row")
+        seen[name] = n
+        files.append(name)
+        labels.append(index[cls])
+    if not files:
+        raise StoreError(f"--labels {labels_csv} has no 'filename,class' rows: it must label the images "
+                         f"in {root}")
+    return files, labels
+
+
+def read_names(names_file):
+    """{folder: human name} from lines '<folder> <name>' (or tab-separated, or 'folder, name')."""
+    names = {}
+    for _, line in text_lines(names_file, "--names file"):
+        parts = line.strip().split(None, 1) if "\t" not in line else line.strip().split("\t", 1)
+        if len(parts) == 2:
+            names[parts[0].rstrip(",")] = parts[1]
+    return names
+
+
+def _convert(task):
+    """Convert a chunk of images in a worker. raw: written into the shared memmap;
+    jpeg: encoded here and handed back for the parent to append."""
+    folder, root, total, fmt, items = task
+    images = None
+    if fmt == "raw":
+        images = np.memmap(os.path.join(folder, "images.u8"), dtype=np.uint8, mode="r+",
+                           shape=(total, SIZE, SIZE, 3))
+    out = []
+    for slot, rel in items:
+        try:
+            pixels = to_256(os.path.join(root, rel))
+        except Exception as e:         # any undecodable file is reported, not fatal
+            out.append((slot, FAILED, f"{type(e).__name__}: {e}"))
+            continue
+        if images is not None:
+            images[slot] = pixels
+            out.append((slot, DONE, b""))
+        else:
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+            out.append((slot, DONE, buf.getvalue()))
+    if images is not None:
+        images.flush()
+    return out
+
+
+def _leave_ctrl_c_to_the_parent():
+    # A Ctrl-C reaches the whole process group; the parent stops the pool and says so
+    # in one line, instead of every worker printing its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def write_json_if_changed(path, data):
+    """A re-run on a finished store writes nothing: not even the same bytes again."""
+    try:
+        with open(path, "rb") as f:
+            if json.loads(f.read()) == data:
+                return
+    except (OSError, ValueError):
+        pass
+    write_json(path, data, indent=None)
+
+
+def convert_split(src, files, labels, folder, workers, fmt="raw", log=print):
+    """Convert one split; resumes from status.u8 and skips what is already done."""
+    if fmt not in FORMATS:
+        raise StoreError(f"unknown store format '{fmt}': choose one of {', '.join(FORMATS)}")
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temps(folder, SPLIT_FILES, all_of_them=True)     # prepare() holds the store's lock
+    index_path, status_path = os.path.join(folder, "index.json"), os.path.join(folder, "status.u8")
+    offsets_path = os.path.join(folder, "offsets.i64")
+    index = {"files": files, "labels": labels, "format": fmt}
+    fresh = _changed(folder, index, log)
+    total = len(files)
+    if fresh:
+        # index.json goes first and comes back last: a rebuild cut short is seen as one next time.
+        for name in ("index.json", "images.u8", "images.jpg", "offsets.i64", "stats.npz"):
+            if os.path.exists(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
+        if fmt == "raw":
+            _check_space(folder, total * SIZE * SIZE * 3)
+            with open(os.path.join(folder, "images.u8"), "wb") as f:
+                f.truncate(total * SIZE * SIZE * 3)
+        else:
+            open(os.path.join(folder, "images.jpg"), "wb").close()
+            np.zeros((total, 2), np.int64).tofile(offsets_path)
+        np.zeros(total, np.uint8).tofile(status_path)
+        write_json(index_path, index, indent=None)
+    status = np.fromfile(status_path, dtype=np.uint8)
+    offsets = np.fromfile(offsets_path, np.int64).reshape(-1, 2) if fmt == "jpeg" else None
+    todo = [(int(s), files[s]) for s in np.flatnonzero(status == TODO)]
+    if todo:
+        tasks = [(folder, src, total, fmt, todo[i:i + CHUNK]) for i in range(0, len(todo), CHUNK)]
+        start, done, failures = time.time(), 0, {}
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_leave_ctrl_c_to_the_parent) as pool, \
+                open(os.path.join(folder, "images.jpg" if fmt == "jpeg" else "images.u8"), "ab") as packed:
+            for results in pool.imap_unordered(_convert, tasks):
+                for slot, state, payload in results:
+                    if state == FAILED:
+                        failures[slot] = payload
+                    elif offsets is not None:
+                        offsets[slot] = (packed.tell(), len(payload))
+                        packed.write(payload)
+                    status[slot] = state
+                # Bytes first, then where they are, then that they are done: a crash
+                # between the steps leaves at worst unreferenced bytes, never a bad image.
+                packed.flush()
+                if offsets is not None:
+                    atomic_write(offsets_path, offsets.tofile)
+                atomic_write(status_path, status.tofile)
+                done += len(results)
+                rate = done / max(time.time() - start, 1e-9)
+                log(f"  {folder}: {done}/{len(todo)} images, {rate:.0f} img/s, "
+                    f"ETA {(len(todo) - done) / max(rate, 1e-9):.0f}s")
+        _write_report(folder, files, failures, fresh)
+    return status, bool(todo)
+
+
+def _changed(folder, index, log):
+    """Whether a split must be converted from scratch: new, another source or format, or damaged."""
+    if not os.path.isfile(os.path.join(folder, "index.json")):
+        return True
+    try:
+        old, _ = read_split(os.path.dirname(folder), os.path.basename(folder), max(index["labels"], default=0) + 1)
+    except StoreError as e:
+        log(f"{e.problem}; converting {folder} again")
+        return True
+    if old != index:
+        log(f"{folder}: the source or --format changed since the last run; converting it again")
+    return old != index
+
+
+def _check_space(folder, size):
+    """The raw images file is sparse until written, and workers write it through a memory
+    map: on a full disk they would die of SIGBUS, halfway, so the space is checked first."""
+    free = shutil.disk_usage(folder).free
+    if free < size:
+        raise StoreError(f"{folder} needs {size / 2**30:.2f} GiB for the raw images and {free / 2**30:.2f} GiB "
+                         f"are free: free some space, choose another OUT, or pass --format jpeg (about 7x smaller)")
+
+
+def _write_report(folder, files, failures, fresh):
+    path = os.path.join(folder, "report.txt")
+    old = {}
+    if os.path.isfile(path) and not fresh:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            old = dict(line.rstrip("\n").split("\t", 1) for line in f if "\t" in line)
+    old.update({files[s]: reason for s, reason in failures.items()})
+    atomic_write(path, lambda f: f.writelines(f"{k}\t{v}\n" for k, v in sorted(old.items())), "w")
+
+
+def compute_stats(root, split="train", chunk=32):
+    """Mean image (float64) and the RGB covariance's eigen-decomposition in 0..1 units,
+    streamed over the converted images with memory bounded by `chunk`."""
+    store = Store(root, split)
+    if not len(store):
+        raise StoreError(f"{os.path.join(root, split)} has no converted images: statistics need at least "
+                         f"one training image")
+    total = np.zeros((SIZE, SIZE, 3), np.float64)
+    s1, s2 = np.zeros(3), np.zeros((3, 3))
+    for i in range(0, len(store), chunk):
+        block = np.stack([store[j][0] for j in range(i, min(i + chunk, len(store)))]).astype(np.float64)
+        total += block.sum(axis=0)
+        rgb = block.reshape(-1, 3) / 255.0
+        s1 += rgb.sum(axis=0)
+        s2 += rgb.T @ rgb
+    slots = store.slots
+    n_pixels = len(slots) * SIZE * SIZE
+    mu = s1 / n_pixels
+    cov = s2 / n_pixels - np.outer(mu, mu)
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]      # p1 has the largest eigenvalue
+    return {"mean": total / len(slots), "eigval": eigval[order], "eigvec": eigvec[:, order],
+            "cov": cov, "count": np.int64(len(slots))}
+
+
+def scan_source(src, out, labels_csv=None, log=print):
+    """(classes, {split: (root, files, labels)}) of SRC, every problem found before OUT is touched."""
+    if not os.path.isdir(src):
+        what = "is a file, not a folder" if os.path.exists(src) else "does not exist"
+        raise StoreError(f"source folder {src} {what}: pass the folder holding train/ (and val/)")
+    has_splits = os.path.isdir(os.path.join(src, "train"))
+    train_root = os.path.join(src, "train") if has_splits else src
+    val_root = os.path.join(src, "val")
+    for root in (train_root, val_root) if has_splits else (train_root,):
+        inside = os.path.relpath(os.path.realpath(out), os.path.realpath(root))
+        if not inside.startswith(os.pardir):
+            raise StoreError(f"OUT {out} is inside the source tree {root}: a re-run would read its files as "
+                             f"images; choose an OUT outside {src}")
+    classes, files, labels, skipped = scan_folders(train_root)
+    splits = {"train": (train_root, files, labels)}
+    if has_splits and os.path.isdir(val_root):
+        if labels_csv:
+            vfiles, vlabels = scan_flat(val_root, labels_csv, classes)
+        else:
+            vclasses, vfiles, vlabels, vskipped = scan_folders(val_root)
+            skipped += [os.path.join("val", s) for s in vskipped]
+            unknown = sorted(set(vclasses) - set(classes))
+            if unknown:
+                raise StoreError(f"{val_root} has class folders not in train/: {', '.join(unknown[:3])}: "
+                                 f"remove them or add them to train/")
+            remap = [classes.index(c) for c in vclasses]
+            vlabels = [remap[v] for v in vlabels]
+        splits["val"] = (val_root, vfiles, vlabels)
+    elif labels_csv:
+        raise StoreError(f"--labels {labels_csv} labels a flat val/ folder, and {val_root} does not exist: "
+                         f"put the validation images there, or drop --labels")
+    if skipped:
+        log(f"skipped {len(skipped)} non-image files (not {'/'.join(IMAGE_EXTENSIONS[:3])}...), "
+            f"e.g. {skipped[0]}")
+    return classes, splits
+
+
+def _stats_readable(out):
+    try:
+        read_stats(out)
+        return True
+    except StoreError:
+        return False
+
+
+def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", log=print):
+    """Convert SRC into the store OUT; returns {split: (converted, failed)}.
+
+    Re-running it on a finished store writes nothing; on one cut short or damaged,
+    it converts what is missing. Two prepares on one OUT are refused (a lock)."""
+    if fmt not in FORMATS:
+        raise StoreError(f"unknown store format '{fmt}': choose one of {', '.join(FORMATS)}")
+    classes, splits = scan_source(src, out, labels_csv, log)
+    names = read_names(names_file) if names_file else {}
+    lock = claim(out, ("classes.json",), "OUT", log, record=False)
+    try:
+        write_json_if_changed(os.path.join(out, "classes.json"),
+                              {"classes": classes, "names": names, "source": os.path.abspath(src)})
+        counts = {}
+        for split, (root, sfiles, slabels) in splits.items():
+            folder = os.path.join(out, split)
+            status, worked = convert_split(root, sfiles, slabels, folder, workers, fmt, log)
+            counts[split] = (int((status == DONE).sum()), int((status == FAILED).sum()))
+            if split == "train" and (worked or not _stats_readable(out)):
+                log("computing the mean image and RGB PCA over the training images ...")
+                stats = compute_stats(out)
+                atomic_write(os.path.join(folder, "stats.npz"), lambda f: np.savez(f, **stats))
+    finally:
+        lock.release()
+    for split, (ok, bad) in counts.items():
+        report = f" (listed in {os.path.join(out, split, 'report.txt')})" if bad else ""
+        log(f"{split}: {ok} images converted, {bad} could not be decoded{report}")
+    return counts

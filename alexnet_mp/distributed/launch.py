@@ -1,0 +1,240 @@
+"""Where this process sits in a launch, and what it may run on.
+
+Discovery (torchrun's environment, which GPU a rank may use, one backend for the
+whole job, the placement one process can host) comes first; `Run` then joins the
+process group and says where this rank sits: placement, rank, replica, column,
+and whether it is the rank that speaks and writes files.
+"""
+import datetime
+import itertools
+import os
+import secrets
+import socket
+import time
+
+import torch
+import torch.distributed as dist
+
+from alexnet_mp.config import check_placement
+from alexnet_mp.errors import LaunchError
+from alexnet_mp.distributed.parallel import Topology, check_world
+from alexnet_mp.model.arch import COLUMNS
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port free on `host` now (for a process group on one machine: tests, benchmarks)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def torchrun_env():
+    """(rank, world size, local rank) from torchrun's environment, or None outside torchrun."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def local_gpu(local_rank, cuda_count):
+    """The index of the GPU a torchrun rank would use, or None: its local rank's GPU,
+    or the only one it sees (launchers that give each rank one GPU through
+    CUDA_VISIBLE_DEVICES)."""
+    if cuda_count == 1:
+        return 0
+    return local_rank if local_rank < cuda_count else None
+
+
+def gpu_identity(index):
+    """A physical GPU's identity, the same in every process that sees it, whatever its index there."""
+    if index is None:
+        return None
+    props = torch.cuda.get_device_properties(index)
+    return str(getattr(props, "uuid", "")) or f"{socket.gethostname()}/pci{props.pci_bus_id}"
+
+
+def share_identities(store, rank, world, identity):
+    """Every rank's GPU identity (None: no GPU), exchanged through the rendezvous store."""
+    store.set(f"gpu/{rank}", identity or "")
+    return [store.get(f"gpu/{r}").decode() or None for r in range(world)]
+
+
+def job_backend(identities, wanted=None):
+    """One backend for the whole job: ("nccl" | "gloo", warning or None).
+
+    NCCL only when every rank has a GPU of its own: a rank without one, or two ranks
+    on one physical GPU, would otherwise leave a job of mixed NCCL and gloo ranks that
+    hangs. `wanted` is --devices under torchrun: "cuda" turns the fallback into an error.
+    """
+    missing = [r for r, ident in enumerate(identities) if ident is None]
+    shared = sorted({r for r, ident in enumerate(identities)
+                     if ident is not None and identities.index(ident) != r})
+    if wanted == "cpu" or (wanted is None and len(missing) == len(identities)):
+        return "gloo", None            # asked for, or a machine without GPUs: nothing to warn of
+    if not missing and not shared:
+        return "nccl", None
+    reason = (f"rank(s) {_ranks(missing)} have no GPU of their own" if missing
+              else f"rank(s) {_ranks(shared)} share a GPU with a lower rank")
+    if wanted == "cuda":
+        raise LaunchError(f"{reason}, so NCCL cannot run: launch at most one rank per GPU "
+                         f"(--nproc_per_node = number of GPUs) or drop --devices cuda to run on the CPU")
+    return "gloo", f"warning: {reason}: every rank runs its column on the CPU under gloo"
+
+
+def _ranks(ranks):
+    return ", ".join(map(str, ranks[:8])) + (", ..." if len(ranks) > 8 else "")
+
+
+def torchrun_wanted(devices):
+    """--devices under torchrun: "cuda" (GPUs required), "cpu" (gloo on the CPU), or None (decide)."""
+    if not devices:
+        return None
+    kinds = {d.strip().split(":")[0] for d in devices.split(",") if d.strip()}
+    if kinds - {"cuda", "cpu"} or len(kinds) != 1:
+        raise LaunchError(f"--devices {devices} under torchrun: give 'cuda' (one GPU per rank, NCCL) "
+                         f"or 'cpu' (gloo); each rank takes its own GPU")
+    return kinds.pop()
+
+
+def choose_placement(devices=None, cuda_count=None, warn=print, columns=None):
+    """Pick what can run in one process: ("two-device"|"grouped", [device names]).
+
+    Requested placements that cannot be hosted fall back to the nearest one that
+    can, with a one-line warning, instead of crashing. The one-column net
+    (`columns=1`) is grouped only: asked for in another placement, it is refused.
+    """
+    n = torch.cuda.device_count() if cuda_count is None else cuda_count
+    if columns not in (None, COLUMNS):
+        check_placement(columns, "two-device" if devices else "grouped")
+        return "grouped", ["cuda:0" if n else "cpu"]
+    if devices:
+        wanted = [d.strip() for d in devices.split(",") if d.strip()]
+        missing = [d for d in wanted if d.startswith("cuda") and
+                   (n == 0 or int((d.split(":") + ["0"])[1]) >= n)]
+        if len(wanted) == COLUMNS and not missing:
+            return "two-device", wanted
+        reason = (f"{', '.join(missing)} not available ({n} GPU(s) visible)" if missing
+                  else f"--devices needs exactly {COLUMNS} devices, got {len(wanted)}")
+        fallback = choose_placement(cuda_count=n, warn=warn)
+        warn(f"warning: {reason}: falling back to the {fallback[0]} placement on {fallback[1][0]}")
+        return fallback
+    if n >= 2:
+        return "two-device", ["cuda:0", "cuda:1"]
+    return "grouped", ["cuda:0" if n == 1 else "cpu"]
+
+
+ATTEMPT_KEY = "alexnet_mp/attempt_store"
+_INITS = itertools.count()     # process groups initialised in this process (tools/study.py runs several)
+
+
+def attempt_store(shared, rank, run_index=0, deadline_s=600.0):
+    """A store of this launch attempt's own, for every key the ranks exchange.
+
+    After `torchrun --max-restarts` brings the workers back, the launcher's store still
+    holds the dead workers' keys (their gloo and NCCL addresses), and nothing torchrun
+    tells a worker names the attempt alike on every node: TORCHELASTIC_RESTART_COUNT
+    counts the restarts of the node's own agent after its own worker failed, and stays
+    put on a node restarted because another node's worker failed. So rank 0 serves a
+    fresh store and publishes its port with a random tag; the others connect to the
+    published port, retrying while it is a dead attempt's (whose server is gone).
+    Rank 0 runs on the host the launcher names in MASTER_ADDR. `run_index` counts the
+    runs of this process (tools/study.py trains several): each publishes under its own key.
+    """
+    key = f"{ATTEMPT_KEY}/run{run_index}"
+    host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    if rank == 0:
+        store = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False,
+                              timeout=datetime.timedelta(minutes=30))
+        tag = secrets.token_hex(8)
+        store.set("tag", tag)
+        shared.set(key, f"{store.port}:{tag}")
+        return store
+    give_up = time.time() + deadline_s
+    while True:
+        port, tag = shared.get(key).decode().split(":")
+        if _listening(host, int(port)):      # a plain socket first: TCPStore logs every failed try
+            try:
+                store = dist.TCPStore(host, int(port), is_master=False, timeout=datetime.timedelta(seconds=10))
+                if store.get("tag").decode() == tag:
+                    store.set_timeout(datetime.timedelta(minutes=30))
+                    return store
+            except (RuntimeError, TimeoutError, ValueError):     # DistNetworkError/DistStoreError are RuntimeErrors
+                pass
+        if time.time() > give_up:
+            raise LaunchError(f"rank {rank} found no store of this attempt's rank 0 at {host}:{port} in "
+                                f"{deadline_s:.0f} s: check that MASTER_ADDR ({host}) reaches rank 0's host")
+        time.sleep(0.2)
+
+
+def _listening(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+class Run:
+    """Where this process sits: placement, rank, replica, and whether it speaks."""
+
+    def __init__(self, devices=None, log=print, columns=None):
+        env = torchrun_env()
+        self.rank, self.world, local_rank = env or (0, 1, 0)
+        self.distributed = env is not None
+        self.main = self.rank == 0
+        self.log = log if self.main else (lambda *a, **k: None)
+        backend, self.topology = None, None
+        if self.distributed:
+            check_world(self.world)
+            check_placement(columns or COLUMNS, "rank")
+            backend = self._join(devices, local_rank)
+            self.topology = Topology()       # the pair and same-column groups, made once per job
+        else:
+            self.placement, self.devices = choose_placement(devices, warn=self.log, columns=columns)
+        self.replicas = self.world // COLUMNS if self.distributed else 1
+        self.replica = self.rank // COLUMNS if self.distributed else 0
+        self.column = self.rank % COLUMNS if self.distributed else 0
+        where = ", ".join(self.devices) if self.placement != "rank" else \
+            f"{self.world} processes ({self.replicas} replica(s) x 2 columns, {backend})"
+        self.log(f"placement: {self.placement} on {where}")
+
+    def _join(self, devices, local_rank):
+        """Rendezvous, agree on one backend for every rank, and start the process group."""
+        wanted = torchrun_wanted(devices)
+        store, rank, world = next(dist.rendezvous("env://"))
+        store = attempt_store(store, rank, next(_INITS))
+        gpu = None if wanted == "cpu" else local_gpu(local_rank, torch.cuda.device_count())
+        backend, warning = job_backend(share_identities(store, rank, world, gpu_identity(gpu)), wanted)
+        if warning:
+            self.log(warning)
+        self.placement, self.devices = "rank", [f"cuda:{gpu}" if backend == "nccl" else "cpu"]
+        if backend == "nccl":
+            torch.cuda.set_device(self.devices[0])
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+        if backend == "gloo":
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        return backend
+
+    @property
+    def device(self):
+        return torch.device(self.devices[0])
+
+    def all_sum(self, values):
+        """Sum a list of floats over all processes (identity in one process)."""
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.distributed:
+            t = t.to(self.device) if self.device.type == "cuda" else t
+            dist.all_reduce(t)
+        return t.cpu().tolist()
+
+    def gather_to_main(self, obj):
+        """Every rank's `obj`, in rank order, on rank 0; None on the other ranks."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world if self.main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def close(self):
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,257 @@
+"""The two-column AlexNet of Krizhevsky, Sutskever and Hinton (NIPS 2012), §3.
+
+`ARCH` (`alexnet_mp.model.arch`) is the paper's Figure 2 as a table; every placement
+and every variant is built from it and from a `ModelConfig`:
+
+* `AlexNet`: all columns on one device. Layers that read only their own
+  column (conv2, conv4, conv5) are grouped convolutions (groups = columns);
+  layers that read both (conv3, fc6, fc7, fc8) are dense. Its `state_dict()` is
+  the canonical checkpoint format.
+* `ColumnNet`: each column's slice of every layer on its own device or process.
+  An exchange object (see `alexnet_mp.distributed.exchange`) moves activations between the
+  columns at conv3, fc6, fc7 and fc8 and nowhere else, and joins the columns'
+  halves of the logits.
+
+Canonical format: column c owns the c-th slice along dim 0 of conv1..fc7, and
+every layer that reads both columns orders its inputs column 0 first. fc8 is
+one [num_classes, 4096] tensor, as in the original code (spec §1); `ColumnNet`
+splits it as the paper's Figure 2 draws it: column 0 computes the first
+ceil(n/2) classes, column 1 the rest (spec §1 allows either; same function).
+So every parameter of a `ColumnNet` belongs to exactly one column, and the
+replicas of one column can average gradients over one process group.
+
+The §3 ablations are fields of the config, never other towers: `columns=1` is
+the one-GPU net of §3.2's footnote (the table's `1-GPU` widths), `lrn=False`
+drops the LRN, `pool_size=2` pools with s = z = 2, `init="torch"` draws
+PyTorch's default init instead of §5's.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from alexnet_mp.config import ModelConfig, check_placement
+from alexnet_mp.model.arch import (ARCH, COLUMN_LAYERS, HEAD, RGB, check_canonical, class_split, conv1_pad, fan_in,
+                                   init_canonical_state, layer_rows, resolve_config, width)
+from alexnet_mp.model.layers import ColumnLRN, ColumnStreams, PaperDropout
+
+
+def check_input(x, crop):
+    if x.dim() != 4 or tuple(x.shape[1:]) != (RGB, crop, crop):
+        raise ValueError(f"AlexNet takes (N, {RGB}, {crop}, {crop}) crops, got {tuple(x.shape)}: "
+                         f"crop or resize the images to {crop}x{crop} (alexnet_mp.data does this)")
+    return x
+
+
+def pad_input(x, pad):
+    # spec §1: conv1's last kernel hangs `pad` pixels past the right/bottom edge of
+    # the crop, reading zeros; zero is the mean colour (conv1_pad).
+    # Channels-last from here on: pooling and the per-column LRN run several times
+    # faster with the channels of a pixel side by side in memory.
+    return F.pad(x, (0, pad, 0, pad)).contiguous(memory_format=torch.channels_last)
+
+
+PAPER_POOL = nn.MaxPool2d(ModelConfig.pool_size, ModelConfig.pool_stride)   # §3.4: z = 3, s = 2
+
+
+def run_layer(layer, module, x, lrn, dropout, pool=PAPER_POOL):
+    """One layer and what follows it: ReLU, then LRN, pool and dropout where the table says."""
+    if x.dim() == 4 and not layer.kernel:
+        x = x.flatten(1)
+    x = module(x)
+    if layer is HEAD:
+        return x
+    x = F.relu(x, inplace=True)     # conv and linear backward do not need their output
+    if layer.lrn:
+        x = lrn(x)
+    if layer.pool:
+        x = pool(x)
+    if layer.dropout:
+        x = dropout(x)
+    return x
+
+
+def _make_layer(i, config, held, groups, device, classes=None):
+    """Layer i holding `held` columns' worth of outputs (`classes` of fc8's, all by default);
+    groups > 1 for own-column convs."""
+    layer = ARCH[i]
+    if layer is HEAD:
+        out = config.num_classes if classes is None else classes
+    else:
+        out = width(layer, config.columns) * held
+    reads = fan_in(i, config) * groups
+    if layer.kernel:
+        return nn.Conv2d(reads, out, layer.kernel, layer.stride, layer.pad, groups=groups, device=device)
+    return nn.Linear(reads, out, device=device)
+
+
+def _materialise(module, device):
+    """Give a module built on "meta" empty parameters on `device`.
+
+    Like `Module.to_empty`, but also under FakeTensorMode, which the tests use to
+    place fake CUDA tensors on a machine without a GPU.
+    """
+    for sub in module.modules():
+        for name, p in sub.named_parameters(recurse=False):
+            setattr(sub, name, nn.Parameter(torch.empty_like(p, device=device)))
+
+
+class Canonical:
+    """The checkpoint API every placement shares, built on its own `map_canonical`
+    (gather into the canonical format) and `scatter_canonical` (slice out of it)."""
+
+    def canonical_state_dict(self):
+        """The full network's weights in the canonical format, on the CPU."""
+        return self.map_canonical(lambda p: p)
+
+    def canonical_grads(self):
+        """Every parameter's gradient in the canonical format (zeros where there is none)."""
+        return self.map_canonical(lambda p: torch.zeros_like(p) if p.grad is None else p.grad)
+
+    def load_canonical_state_dict(self, state):
+        check_canonical(state, config=self.config)
+        self.scatter_canonical(state, lambda p: p)
+
+    def stream_state_dict(self):
+        """The columns' dropout streams (every random draw the network makes), for exact resume."""
+        return self.streams.state_dict()
+
+    def load_stream_state_dict(self, state):
+        self.streams.load_state_dict(state)
+
+    def _finish(self, lrn_columns, seed, init, columns, replica=0):
+        """LRN over `lrn_columns` channel groups per tensor (or none), pooling, the dropout
+        streams of `columns` (seeded from (seed, replica, column)), and the init."""
+        cfg = self.config
+        self.lrn = ColumnLRN(lrn_columns, cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k) \
+            if cfg.lrn else nn.Identity()
+        self.pool = nn.MaxPool2d(cfg.pool_size, cfg.pool_stride)
+        self.streams = ColumnStreams(torch.initial_seed() if seed is None else seed, replica, columns)
+        if init:
+            self.load_canonical_state_dict(init_canonical_state(seed=seed, config=cfg))
+
+    def _layers(self, x, layers, module_of):
+        x = pad_input(check_input(x, self.config.crop), conv1_pad(self.config))
+        for layer in layers:
+            x = run_layer(layer, module_of(layer), x, self.lrn, self.dropout, self.pool)
+        return x
+
+
+class AlexNet(Canonical, nn.Module):
+    """The grouped placement: every column on one device (§3.2 emulated with groups = columns).
+
+    `AlexNet(num_classes=1000, seed=0)` is initialised per §5; `state_dict()` is
+    the canonical checkpoint format that every placement saves and loads.
+    `config=ModelConfig(columns=1, ...)` builds a §3 variant instead.
+    """
+
+    def __init__(self, num_classes=1000, *, seed=None, config=None, device=None, init=True):
+        super().__init__()
+        self.config = resolve_config(config, num_classes)
+        columns = self.config.columns
+        for i, layer in enumerate(ARCH):
+            groups = columns if layer.reads == "own" else 1
+            setattr(self, layer.name, _make_layer(i, self.config, columns, groups, "meta"))
+        # Built on "meta" and materialised empty: torch's default init would be overwritten anyway.
+        _materialise(self, device or "cpu")
+        self._finish(lrn_columns=columns, seed=seed, init=init, columns=tuple(range(columns)))
+        self.dropout = PaperDropout(self.config.dropout, self.streams, tuple(range(columns)))
+
+    def forward(self, x):
+        return self._layers(x, ARCH, lambda layer: getattr(self, layer.name))
+
+    def features(self, x):
+        """fc7's output (the last hidden layer; Figure 4 compares these)."""
+        return self._layers(x, COLUMN_LAYERS, lambda layer: getattr(self, layer.name))
+
+    def map_canonical(self, get, writer_only=False):
+        """{canonical name: get(parameter)} on the CPU; `get` may read the grad or optimizer state.
+        One process holds everything, so it is the writer: `writer_only` changes nothing."""
+        return {name: get(p).detach().cpu() for name, p in self.named_parameters()}
+
+    def scatter_canonical(self, state, target):
+        """Copy each canonical tensor into target(parameter) (the parameter itself, or its state)."""
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                target(p).copy_(state[name])
+
+
+class Column(nn.Module):
+    """One column's slice of every layer: its share of conv1..fc7's kernels and neurons,
+    and its share of fc8's classes (`class_split`)."""
+
+    def __init__(self, index, device, config=None):
+        super().__init__()
+        self.index = index
+        config = resolve_config(config)
+        classes = class_split(config.num_classes)[index]
+        for i, layer in enumerate(ARCH):
+            setattr(self, layer.name, _make_layer(i, config, 1, 1, "meta", classes))
+        _materialise(self, device)
+
+
+class ColumnNet(Canonical, nn.Module):
+    """Columns on their own devices or processes; `exchange` joins them.
+
+    `exchange.local_columns` lists (column index, device) held here;
+    `share` gives every column both columns' activations before conv3, fc6, fc7
+    and fc8, `join` puts the columns' halves of an output side by side, and
+    `collect` gathers parameter slices into canonical tensors. Build it with
+    `alexnet_mp.two_device_alexnet` or `alexnet_mp.rank_alexnet` (`alexnet_mp.distributed.placement`).
+    """
+
+    def __init__(self, exchange, num_classes=1000, *, seed=None, config=None, init=True):
+        super().__init__()
+        self.config = resolve_config(config, num_classes)
+        check_placement(self.config.columns, "split")
+        self.exchange = exchange
+        self.columns = nn.ModuleList(Column(c, dev, self.config) for c, dev in exchange.local_columns)
+        self._finish(lrn_columns=1, seed=seed, init=init, columns=[c.index for c in self.columns],
+                     replica=getattr(exchange, "replica", 0))
+        for col in self.columns:
+            col.dropout = PaperDropout(self.config.dropout, self.streams, (col.index,))
+
+    def _run(self, x, layers):
+        x = pad_input(check_input(x, self.config.crop), conv1_pad(self.config))
+        hs = [x.to(col.conv1.weight.device) for col in self.columns]
+        for layer in layers:
+            if layer.reads == "both":
+                hs = self.exchange.share(hs, layer.name)
+            hs = [run_layer(layer, getattr(col, layer.name), h, self.lrn, col.dropout, self.pool)
+                  for col, h in zip(self.columns, hs)]
+        return hs
+
+    def forward(self, x):
+        # Each column computed its own classes from all of fc7 (Figure 2); the loss needs them all.
+        return self.exchange.join(self._run(x, ARCH), "logits", layer_rows(HEAD, self.config))
+
+    def features(self, x):
+        """fc7's output (both columns' halves side by side)."""
+        fc7 = COLUMN_LAYERS[-1]
+        return self.exchange.join(self._run(x, COLUMN_LAYERS), "features", layer_rows(fc7, self.config))
+
+    def _slices(self):
+        """(canonical name, parameter, rows of the canonical tensor it holds, every column's
+        row count) for every local parameter."""
+        for col in self.columns:
+            for layer in ARCH:
+                sizes = layer_rows(layer, self.config)
+                start = sum(sizes[:col.index])
+                for kind in ("weight", "bias"):
+                    yield (f"{layer.name}.{kind}", getattr(getattr(col, layer.name), kind),
+                           slice(start, start + sizes[col.index]), sizes)
+
+    def map_canonical(self, get, writer_only=False):
+        """{canonical name: get(parameter)}, the columns' slices gathered, on the CPU.
+        `writer_only`: only the process that writes checkpoints gathers (the others get None)."""
+        parts, sizes = {}, {}
+        for name, p, _, rows in self._slices():
+            parts.setdefault(name, []).append(get(p).detach())
+            sizes[name] = rows
+        state = {name: self.exchange.collect(ts, sizes[name], writer_only) for name, ts in parts.items()}
+        return None if any(t is None for t in state.values()) else state
+
+    def scatter_canonical(self, state, target):
+        """Copy each local slice of the canonical tensors into target(parameter)."""
+        with torch.no_grad():
+            for name, p, rows, _ in self._slices():
+                target(p).copy_(state[name][rows])

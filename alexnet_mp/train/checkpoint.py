@@ -1,0 +1,159 @@
+"""Checkpoints: written atomically, read with weights_only=True.
+
+A training checkpoint is a dict with `model` (the canonical state dict),
+`optimizer`, `lr_scheduler`, `epoch`, `step`, `rng`, `sampler`, `args`,
+`config`, `classes`, `best_val_top1_err` and `data_mean` (composed in
+`alexnet_mp.train.state`). Every reader also takes a bare canonical state dict
+saved with torch.save.
+"""
+import os
+import random
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from alexnet_mp.config import ModelConfig, TrainConfig, from_dict
+from alexnet_mp.errors import CheckpointError
+from alexnet_mp.files import atomic_write
+from alexnet_mp.model.arch import canonical_shapes, columns_of
+
+# What a training checkpoint needs besides its weights to continue a run exactly.
+RESUME_KEYS = {"optimizer": dict, "lr_scheduler": dict, "epoch": int, "step": int, "sampler": dict, "rng": list}
+FROM_TRAIN = "use the checkpoint.pt or model_best.pt that tools/train.py wrote"
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load(path, resume=False):
+    """A checkpoint's dict, its weights checked against the network; `resume`: a
+    training checkpoint must also carry everything a resumed run needs."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}: pass the checkpoint.pt or model_best.pt "
+                              f"that tools/train.py wrote to its --output-dir")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} ({reason}): the file is corrupt or not "
+                              f"an alexnet_mp checkpoint; use another checkpoint.pt or model_best.pt") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict: "
+                              f"save checkpoints with model.canonical_state_dict()")
+    weights = model_state(obj)
+    n = num_classes(weights, path)
+    check_tensors(weights, shapes_of(obj), path)
+    if weights is not obj:
+        check_metadata(obj, n, path)
+        if resume:
+            check_resumable(obj, path)
+    return obj
+
+
+def model_config(ckpt):
+    """The ModelConfig a checkpoint was trained with. A bare state dict carries none:
+    the paper's net then, with the column count its tensor shapes show."""
+    weights = model_state(ckpt)
+    if isinstance(ckpt.get("config"), dict):
+        cfg = from_dict(TrainConfig, ckpt["config"]).model      # its dropout sets the test-time scale
+    else:
+        cfg = ModelConfig(columns=columns_of(weights) or ModelConfig.columns)
+    return replace(cfg, num_classes=int(weights["fc8.weight"].shape[0])) if "fc8.weight" in weights else cfg
+
+
+def shapes_of(ckpt):
+    """The canonical shapes of the variant a checkpoint says it holds."""
+    return canonical_shapes(config=model_config(ckpt))
+
+
+def check_tensors(tensors, shapes, path, what=""):
+    """Every canonical tensor present, floating point, and of its shape."""
+    missing = [name for name in shapes if name not in tensors]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CheckpointError(f"checkpoint {path} lacks {what}{', '.join(missing[:3])}{more}: it is not a "
+                              f"complete alexnet_mp checkpoint; {FROM_TRAIN}")
+    for name, shape in shapes.items():
+        t = tensors[name]
+        if not (isinstance(t, torch.Tensor) and t.is_floating_point() and tuple(t.shape) == shape):
+            found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise CheckpointError(f"checkpoint {path}: {what}{name} is {found}, expected a float tensor of "
+                                  f"shape {shape}: it was saved by another network; {FROM_TRAIN}")
+
+
+def check_metadata(state, n, path):
+    """The class list and the mean image a training checkpoint carries agree with its weights."""
+    meta = state.get("classes")
+    if meta is not None:
+        classes = meta.get("classes") if isinstance(meta, dict) else None
+        if not isinstance(classes, list) or len(classes) != n:
+            listed = len(classes) if isinstance(classes, list) else "no"
+            raise CheckpointError(f"checkpoint {path} lists {listed} classes but its fc8 has {n} outputs: "
+                                  f"it was edited or mixed from two runs; {FROM_TRAIN}")
+    mean = state.get("data_mean")
+    if mean is not None and not (isinstance(mean, torch.Tensor) and tuple(mean.shape) == (256, 256, 3)):
+        found = tuple(mean.shape) if isinstance(mean, torch.Tensor) else type(mean).__name__
+        raise CheckpointError(f"checkpoint {path}: data_mean is {found}, expected the 256x256x3 mean "
+                              f"image; {FROM_TRAIN}")
+
+
+def check_resumable(state, path):
+    """Optimizer state, schedule, position and RNG states: without them a run cannot continue exactly."""
+    velocity = state.get("optimizer", {}).get("velocity") if isinstance(state.get("optimizer"), dict) else None
+    if not isinstance(velocity, dict):
+        raise CheckpointError(f"checkpoint {path} has weights but no optimizer state, so a run cannot "
+                              f"continue from it: {FROM_TRAIN}, or start a fresh run from its weights "
+                              f"with --weights {path}")
+    check_tensors(velocity, shapes_of(state), path, "optimizer velocity ")
+    wrong = [k for k, kind in RESUME_KEYS.items() if not isinstance(state.get(k), kind)]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(wrong)} (or holds the wrong type), "
+                              f"needed to resume a run: {FROM_TRAIN}")
+
+
+def model_state(ckpt):
+    """The canonical state dict of a training checkpoint or of a bare state dict."""
+    return ckpt["model"] if "model" in ckpt and isinstance(ckpt["model"], dict) else ckpt
+
+
+def num_classes(state, path=""):
+    if not (isinstance(state.get("fc8.weight"), torch.Tensor) and state["fc8.weight"].dim() == 2):
+        raise CheckpointError(f"{path or 'the checkpoint'} has no fc8.weight: it is not an alexnet_mp "
+                              f"canonical state dict (save one with canonical_state_dict())")
+    return int(state["fc8.weight"].shape[0])
+
+
+def check_classes(state, expected, path, data_path):
+    found = num_classes(state, path)
+    if found != expected:
+        raise CheckpointError(f"checkpoint {path} has {found} classes but {data_path} has {expected}: "
+                              f"use a checkpoint trained on this data, or a new --output-dir")
+
+
+def _cuda_devices(model):
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+def rng_state(model):
+    """Every generator a training step draws from, in types that weights_only loading
+    accepts: torch's CPU generator, the generator of every CUDA device the model uses,
+    the columns' dropout streams, numpy's and python's."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "cuda": {str(i): torch.cuda.get_rng_state(i) for i in _cuda_devices(model)},
+            "columns": model.stream_state_dict()}
+
+
+def set_rng_state(state, model):
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    for index in _cuda_devices(model):
+        if str(index) in state.get("cuda", {}):
+            torch.cuda.set_rng_state(state["cuda"][str(index)], index)
+    model.load_stream_state_dict(state.get("columns", {}))

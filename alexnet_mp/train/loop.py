@@ -1,0 +1,296 @@
+"""The training run behind tools/train.py: placement, recipe (§5), checkpoints and faults.
+
+Laid out as torchvision's classification reference: `train` takes the run's
+`Options` and its `TrainConfig`, `build` makes the `Parts` (model, data,
+optimizer, schedule) and restores a `TrainState`; then each epoch is
+`train_one_epoch`, `end_epoch` (validate, schedule, log) and a checkpoint.
+
+Host synchronisation: a step that does not log never waits for the device or
+for another rank. The loss stays a tensor; the stop and checkpoint-due votes and
+the check for a non-finite loss or weights run on the sync steps only: every
+--print-freq steps, the epoch's last step and the --stop-at-step step. A stop
+request (SIGTERM) therefore takes effect up to print-freq - 1 steps late, and a
+diverging run stops at the next sync step, before anything is saved from it.
+"""
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from alexnet_mp.config import TrainConfig
+from alexnet_mp.data.loader import eval_loader, train_loader
+from alexnet_mp.data.storecheck import read_classes
+from alexnet_mp.distributed.launch import Run
+from alexnet_mp.distributed.parallel import apply_data_parallel
+from alexnet_mp.distributed.placement import build, gpu_layout, input_device
+from alexnet_mp.errors import TrainingError
+from alexnet_mp.eval.tencrop import errors, gather, predict
+from alexnet_mp.train import checkpoint as ckpt_io
+from alexnet_mp.train import preflight
+from alexnet_mp.train.report import log_step, metrics_writer
+from alexnet_mp.train.numerics import amp_note, configure
+from alexnet_mp.train.optim import LRSchedule, PaperSGD, param_groups, set_lr
+from alexnet_mp.train.state import TrainState, resume, save_checkpoint
+from alexnet_mp.train.step import train_step
+from alexnet_mp.train.weights import start_from_weights, weights_config
+
+
+class StopFlag:
+    """SIGTERM/SIGINT ask for a clean stop; honoured at the next sync step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a run is asked for beyond the recipe (`TrainConfig`): where, how often, from what."""
+    data_path: str                 # a prepared store (the demo's: `alexnet_mp.data.demo_set.demo_store`)
+    output_dir: str = "runs/alexnet"
+    devices: str = None            # --devices: None lets the launch decide
+    workers: int = 0
+    resume: str = None             # "auto" or a training checkpoint
+    weights: str = None            # a checkpoint whose weights start a fresh run
+    checkpoint_minutes: float = 30.0
+    print_freq: int = 10
+    stop_at_step: int = 0
+    amp: str = None
+    tf32: bool = False
+    deterministic: bool = False
+
+    @property
+    def ckpt_path(self):
+        return os.path.join(self.output_dir, "checkpoint.pt")
+
+
+@dataclass
+class Parts:
+    """What a run builds, once: the network in its placement, the optimizer, the data."""
+    classes: dict
+    data_path: str
+    net: nn.Module            # the placement: checkpoints and validation go through it
+    model: nn.Module          # what a training step runs: `net`, or DDP around it
+    optimizer: PaperSGD
+    schedule: LRSchedule
+    loader: object
+    sampler: object
+    transform: object
+    steps_per_epoch: int
+    write_metric: object = None    # made after resuming: it cuts metrics.jsonl back to the checkpoint
+
+
+@dataclass
+class Meter:
+    """What the console reports between checkpoints; nothing of it is saved."""
+    last_save: float = field(default_factory=time.time)
+    mean_loss: float = float("nan")
+    rate: float = float("nan")
+
+
+@dataclass
+class Result:
+    """What a finished (or stopped) run hands back to its caller."""
+    code: int
+    data_path: str
+    output_dir: str
+    best: float
+    stopped: bool                  # by a signal or --stop-at-step, checkpoint written
+    epoch: int                     # the epoch the last checkpoint resumes at
+    step: int
+
+
+@dataclass
+class Training:
+    """The three sides of a run, side by side: configured (opts, cfg), built (parts), progressing (state)."""
+    run: Run
+    opts: Options
+    cfg: TrainConfig
+    parts: Parts
+    state: TrainState
+    meter: Meter
+
+
+def train(opts, cfg, log=print):
+    """Run the training job; returns a `Result`. The output dir stays locked while it runs."""
+    start = ckpt_io.load(opts.weights) if opts.weights else None
+    if start is not None:
+        if opts.resume:
+            raise TrainingError(f"--weights starts a fresh run and --resume continues one: pass one of them "
+                                f"(--resume {opts.resume} carries its own weights)")
+        cfg = weights_config(start, opts.weights, cfg)
+    run = Run(opts.devices, log, columns=cfg.model.columns)
+    lock = None
+    try:
+        classes = read_classes(opts.data_path)
+        lock = preflight.check(opts, run, len(classes["classes"]))
+        return run_job(opts, cfg, run, classes, start)
+    finally:
+        if lock is not None:
+            lock.release()
+        run.close()
+
+
+def run_job(opts, cfg, run, classes, start=None):
+    for note in configure(run.device, opts.tf32, opts.deterministic) + amp_note(opts.amp):
+        run.log(f"speed mode, departs from the paper's float32 arithmetic: {note}")
+    job = build_job(opts, cfg, run, classes, start)
+    stop = StopFlag()
+    try:
+        for epoch in range(job.state.epoch, cfg.epochs):
+            if train_one_epoch(job, epoch, stop) or end_epoch(job, epoch, stop):
+                return _result(job, stopped=True)
+    finally:
+        stop.restore()
+    run.log(f"done: {cfg.epochs} epochs, best val top-1 error {job.state.best:.4f}; checkpoints in {opts.output_dir}")
+    return _result(job, stopped=False)
+
+
+def _result(job, stopped):
+    opts, state = job.opts, job.state
+    return Result(0, opts.data_path, opts.output_dir, state.best, stopped, state.epoch, state.step)
+
+
+def _build_net(run, num_classes, cfg):
+    torch.manual_seed(cfg.seed + run.rank)     # torch's global generator: each rank its own
+    net = build(run.placement, run.devices, num_classes, seed=cfg.seed, config=cfg.model, topology=run.topology)
+    return gpu_layout(net, run.devices).train()
+
+
+def build_parts(opts, cfg, run, classes):
+    """Model, optimizer, schedule and data for this rank."""
+    net = _build_net(run, len(classes["classes"]), cfg)
+    loader, sampler, transform = train_loader(opts.data_path, cfg.batch_size, opts.workers, cfg.seed,
+                                              run.replicas, run.replica, cfg.pca_std, cfg.model.input_scale,
+                                              pin_memory=run.device.type == "cuda")
+    steps_per_epoch = len(sampler.indices()) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise TrainingError(f"{opts.data_path} has {sampler.size} training images, fewer than one batch of "
+                            f"{cfg.batch_size} for each of {run.replicas} replica(s): lower -b")
+    return Parts(classes=classes, data_path=opts.data_path, net=net, model=net,
+                 optimizer=PaperSGD(param_groups(net, cfg.weight_decay, cfg.decay_biases), cfg.lr, cfg.momentum),
+                 schedule=LRSchedule(cfg.lr, cfg.plateau_patience, cfg.lr_drop, cfg.max_lr_drops, cfg.lr_steps),
+                 loader=loader, sampler=sampler, transform=transform, steps_per_epoch=steps_per_epoch)
+
+
+def build_job(opts, cfg, run, classes, start=None):
+    """The parts, resumed (or started from the --weights checkpoint `start`), with the metrics
+    writer and DDP applied."""
+    parts, state = build_parts(opts, cfg, run, classes), TrainState()
+    os.makedirs(opts.output_dir, exist_ok=True)
+    if start is not None:
+        start_from_weights(start, opts.weights, parts, run)
+    resume(opts, cfg, run, parts, state)
+    set_lr(parts.optimizer, parts.schedule.lr)
+    parts.write_metric = metrics_writer(os.path.join(opts.output_dir, "metrics.jsonl"), run, state)
+    # After loading: DDP starts by copying replica 0's weights to the others.
+    parts.model = apply_data_parallel(parts.net, run.topology)
+    return Training(run, opts, cfg, parts, state, Meter())
+
+
+def train_one_epoch(job, epoch, stop):
+    """The epoch's steps from the sampler's position; True when the run stopped (checkpoint written)."""
+    opts, parts, state = job.opts, job.parts, job.state
+    batch = job.cfg.batch_size
+    state.epoch = parts.sampler.epoch = parts.transform.epoch = epoch
+    parts.model.train()
+    device = input_device(parts.net)
+    clock = {"start": time.time(), "done": parts.sampler.start // batch, "steps": 0}
+    t_data = time.time()
+    for images, labels in parts.loader:
+        data_time = time.time() - t_data
+        x, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        loss, logits = train_step(parts.model, parts.optimizer, x, y, opts.amp)
+        state.step += 1
+        clock["done"] += 1
+        clock["steps"] += 1
+        parts.sampler.start += batch
+        log_due = clock["done"] % opts.print_freq == 0 or clock["done"] == parts.steps_per_epoch
+        stop_at = bool(opts.stop_at_step) and state.step >= opts.stop_at_step
+        if log_due or stop_at:              # the only host synchronisation of a step
+            stop_vote, due_vote = sync_step(job, loss, stop)
+            if log_due:
+                log_step(job, clock, logits, y.to(logits.device), data_time)
+            if stop_vote or stop_at:
+                checkpoint(job, [opts.ckpt_path])
+                job.run.log(f"stopped by signal at epoch {epoch} step {state.step}: checkpoint written to "
+                            f"{opts.ckpt_path}; continue with --resume auto")
+                return True
+            if due_vote:
+                checkpoint(job, [opts.ckpt_path])
+        t_data = time.time()
+    parts.sampler.start = 0
+    return False
+
+
+def checkpoint(job, paths):
+    save_checkpoint(job.opts, job.cfg, job.run, job.parts, job.state, paths)
+    job.meter.last_save = time.time()
+
+
+def _weights_finite(net):
+    # One reduction per device: the two-device placement holds its columns on two devices.
+    flags = {}
+    for p in net.parameters():
+        flags.setdefault(p.device, []).append(torch.isfinite(p).all())
+    return all(bool(torch.stack(f).all()) for f in flags.values())
+
+
+def sync_step(job, loss, stop):
+    """Mean loss over ranks, the stop and checkpoint-due votes, and a stop with one line if
+    any rank's loss or weights are not finite (so no checkpoint is written from them).
+    Returns (stop voted, checkpoint due)."""
+    opts, meter = job.opts, job.meter
+    due = opts.checkpoint_minutes > 0 and time.time() - meter.last_save > 60 * opts.checkpoint_minutes
+    loss_sum, stops, dues, bad = job.run.all_sum([loss.item(), stop.requested, due,
+                                                  not _weights_finite(job.parts.net)])
+    meter.mean_loss = loss_sum / job.run.world
+    if bad or not math.isfinite(meter.mean_loss):
+        what = f"loss is {meter.mean_loss}" if not math.isfinite(meter.mean_loss) else "weights are not finite"
+        raise TrainingError(f"{what} at epoch {job.state.epoch} step {job.state.step}: training diverged; lower "
+                            f"--lr (the last good checkpoint, {opts.ckpt_path}, is untouched)")
+    return stops > 0, dues > 0
+
+
+def validate(job):
+    """Centre-crop top-1 and top-5 error on the store's val split, over every rank."""
+    run, model = job.run, job.parts.net
+    loader, _ = eval_loader(job.parts.data_path, "val", job.cfg.batch_size, job.opts.workers, crops=1,
+                            replicas=run.replicas, replica=run.replica, input_scale=model.config.input_scale,
+                            pin_memory=run.device.type == "cuda")
+    result = gather(predict(model, loader, input_device(model), crops=1, counts_here=run.column == 0,
+                            amp=job.opts.amp))
+    return errors(result)
+
+
+def end_epoch(job, epoch, stop):
+    """Validate, step the schedule, log, checkpoint; True when a stop was asked for."""
+    run, parts, state = job.run, job.parts, job.state
+    top1, top5 = validate(job)
+    lr_before = parts.schedule.lr
+    set_lr(parts.optimizer, parts.schedule.step(epoch, top1))
+    is_best = top1 < state.best
+    state.best = min(state.best, top1)
+    parts.write_metric({"epoch": epoch, "step": state.step, "loss": job.meter.mean_loss, "lr": lr_before,
+                        "img_per_s": job.meter.rate, "val_top1_err": top1, "val_top5_err": top5})
+    run.log(f"Epoch: [{epoch}] val  top1_err: {top1:.4f}  top5_err: {top5:.4f}"
+            + (f"  (lr now {parts.schedule.lr:.6g})" if parts.schedule.lr != lr_before else ""))
+    best = [os.path.join(job.opts.output_dir, "model_best.pt")] if is_best else []
+    state.epoch = epoch + 1
+    # model_best.pt first: a kill between the two then repeats the epoch, and rewrites both.
+    checkpoint(job, best + [job.opts.ckpt_path])
+    if run.all_sum([stop.requested])[0]:
+        run.log(f"stopped by signal after epoch {epoch}: checkpoint written to {job.opts.ckpt_path}")
+        return True
+    return False

@@ -1,0 +1,99 @@
+"""What a run saves and restores: its `TrainState`, and a checkpoint composed from its parts.
+
+A checkpoint holds the canonical weights and velocity (so it resumes in any
+placement), the schedule, the sampler's position, every rank's generators, the
+options, the config, the classes and the mean image. Each part contributes its
+own `state_dict`: the schedule, the sampler, the columns' streams (inside the
+generators' states) and `TrainState` (epoch, step, best). Only rank 0 gathers it:
+replica 0's pair sends its slices to rank 0 and every rank its generators'
+states; the other replicas hold the same weights and send nothing.
+"""
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+
+from alexnet_mp.config import TrainConfig, from_dict, model_differences, to_dict
+from alexnet_mp.errors import TrainingError
+from alexnet_mp.train import checkpoint as ckpt_io
+from alexnet_mp.train.optim import load_velocity, velocity_state
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: the epoch it is in (or starts next), the global step, the best
+    centre-crop validation top-1 error so far."""
+    epoch: int = 0
+    step: int = 0
+    best: float = math.inf
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "step": self.step, "best_val_top1_err": self.best}
+
+    def load_state_dict(self, state):
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best = state.get("best_val_top1_err", math.inf)
+
+
+def resume_path(opts):
+    if not opts.resume:
+        return None
+    if opts.resume == "auto":
+        path = os.path.join(opts.output_dir, "checkpoint.pt")
+        return path if os.path.isfile(path) else None
+    return opts.resume
+
+
+def _check_same_variant(state, model_cfg, path):
+    """A resumed run keeps its network: LRN or pooling flags that changed would go unnoticed."""
+    if isinstance(state.get("config"), dict):
+        changed = model_differences(from_dict(TrainConfig, state["config"]).model, model_cfg)
+        if changed:
+            raise TrainingError(f"{path} was trained as another variant ({'; '.join(changed)}): "
+                                f"resume with its flags, or train into a new --output-dir")
+
+
+def resume(opts, cfg, run, parts, state):
+    """Continue from --resume: the weights, then every part's own state and the `TrainState`."""
+    path = resume_path(opts)
+    if not path:
+        return
+    saved = ckpt_io.load(path)
+    _check_same_variant(saved, cfg.model, path)     # the network first: the likelier mistake
+    if ckpt_io.model_state(saved) is saved:
+        raise TrainingError(f"--resume {path} is a bare state dict (weights only), which has no run to continue: "
+                            f"start a fresh run from its weights with --weights {path}")
+    ckpt_io.check_resumable(saved, path)
+    ckpt_io.check_classes(saved["model"], len(parts.classes["classes"]), path, parts.data_path)
+    parts.net.load_canonical_state_dict(saved["model"])
+    load_velocity(parts.net, parts.optimizer, saved["optimizer"]["velocity"])
+    parts.schedule.load_state_dict(saved["lr_scheduler"])
+    parts.sampler.load_state_dict(saved["sampler"])
+    rngs = saved["rng"]
+    if len(rngs) == run.world:       # another world size keeps its fresh streams
+        ckpt_io.set_rng_state(rngs[run.rank], parts.net)
+    state.load_state_dict(saved)
+    run.log(f"resumed from {path}: epoch {state.epoch}, step {state.step}")
+
+
+def checkpoint_state(opts, cfg, run, parts, state):
+    """The training checkpoint, on rank 0; None on every other rank."""
+    weights = parts.net.map_canonical(lambda p: p, writer_only=True)
+    velocity = velocity_state(parts.net, parts.optimizer, writer_only=True)
+    rngs = run.gather_to_main(ckpt_io.rng_state(parts.net))
+    if not run.main:
+        return None
+    return {"model": weights, "optimizer": {"velocity": velocity}, "lr_scheduler": parts.schedule.state_dict(),
+            "sampler": parts.sampler.state_dict(), "rng": rngs, **state.state_dict(),
+            "args": {**asdict(opts), "data_path": parts.data_path}, "config": to_dict(cfg),
+            "classes": parts.classes,
+            "data_mean": torch.from_numpy(parts.transform.mean.copy())}    # predict.py needs it with the weights
+
+
+def save_checkpoint(opts, cfg, run, parts, state, paths):
+    """One gathered state for every file in `paths` (the weights and velocity are 0.5 GB to collect)."""
+    saved = checkpoint_state(opts, cfg, run, parts, state)
+    if saved is not None:
+        for path in paths:
+            ckpt_io.atomic_save(saved, path)
