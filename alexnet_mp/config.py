@@ -22,11 +22,17 @@ INIT_CHOICES = ("paper", "torch")
 INPUT_SCALE_CHOICES = ("raw", "unit")
 
 
-def check_placement(columns, placement):
-    """The one-column net exists only grouped: the split placements hold exactly two columns (§3.2)."""
+def check_placement(columns, placement, lrn_across_columns=False):
+    """The one-column net exists only grouped: the split placements hold exactly two columns (§3.2).
+    So does an LRN whose window crosses the columns (Caffe's bvlc_alexnet): split, each column
+    holds only its own maps, and the window would need its neighbour's."""
     if columns != ModelConfig.columns and placement != "grouped":
         raise ConfigError(f"the {columns}-column net (--columns {columns}) runs in the grouped placement only: "
                           f"run it without torchrun and without --devices")
+    if lrn_across_columns and placement != "grouped":
+        raise ConfigError("this network's LRN crosses the columns (lrn_across_columns, as Caffe's bvlc_alexnet "
+                          "imported by tools/import_caffe.py) and runs in the grouped placement only: "
+                          "run it without torchrun and without --devices")
 
 
 @dataclass
@@ -37,13 +43,17 @@ class ModelConfig:
     lrn_size: int = 5                # §3.3: n = 5
     lrn_alpha: float = 1e-4          # §3.3; divided by n as the original code does (spec §1)
     lrn_beta: float = 0.75           # §3.3
-    lrn_k: float = 2.0               # §3.3
+    lrn_k: float = 2.0               # §3.3. Caffe's bvlc_alexnet (tools/import_caffe.py): 1
+    # §3.3 / spec §1: the window stays inside each column's maps. True (Caffe's bvlc_alexnet, opt-in
+    # through tools/import_caffe.py): one window over all maps, crossing the columns. Grouped placement only.
+    lrn_across_columns: bool = False
     pool_size: int = 3               # §3.4: z = 3, overlapping. 2 (ablation): s = z = 2, +0.4/+0.3 in §3.4
     pool_stride: int = 2             # §3.4: s = 2
     dropout: float = 0.5             # §4.2: outputs of fc6 and fc7, paper form (spec §1)
     init: str = "paper"              # §5: N(0, std^2), biases 1 or 0. "torch" (failure mode): PyTorch's default
     init_std: float = 0.01           # §5: every weight ~ N(0, 0.01^2)
-    crop: int = CROP                 # §2/§4.1: 224x224 patches (conv1 pads right/bottom by 3, spec §1)
+    crop: int = CROP                 # §2/§4.1: 224x224 patches (conv1 pads right/bottom by 3, spec §1);
+    #                                  Caffe's bvlc_alexnet: 227, no padding. Every transform takes its crop from here.
     # spec §2: raw 0..255 minus the mean image. "unit" (failure mode): /255, then each channel
     # standardised with torchvision's ImageNet mean and std. A property of the data pipeline,
     # kept here because the weights only make sense with the inputs they were trained on.
@@ -59,6 +69,9 @@ class ModelConfig:
             raise ConfigError(f"input_scale={self.input_scale!r}: choose 'raw' (spec §2) or 'unit' (torchvision's)")
         if self.pool_size < 1 or self.pool_stride < 1:
             raise ConfigError(f"pooling window {self.pool_size}, stride {self.pool_stride}: both must be >= 1")
+        if not 0 < self.crop <= IMAGE_SIZE:
+            raise ConfigError(f"crop={self.crop}: the crops are taken from {IMAGE_SIZE}x{IMAGE_SIZE} stored images "
+                              f"(§2); choose at most {IMAGE_SIZE}, e.g. the paper's {CROP}")
 
 
 @dataclass

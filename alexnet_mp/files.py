@@ -6,6 +6,12 @@ file, so whoever writes into that folder next calls `remove_stale_temps`: a
 checkpoint's temporary file is as large as the checkpoint (0.5 GB at 1000
 classes) and would otherwise stay forever.
 
+A write first resolves what its path is (`write_target`): a rename over a
+symbolic link, a FIFO or a device would put a regular file in its place. A link
+is followed, so the temporary file and the rename happen beside its final
+target; anything else that is not a regular file (a FIFO, /dev/full, a
+terminal) is written directly, as is this process's own stdout or stderr.
+
 The folder lock is `fcntl.flock` on `<folder>/.alexnet_mp.lock`: the kernel drops
 it when the holder dies, even by SIGKILL, so a crashed run never blocks the next.
 The message the next run prints names the holder's pid, from /proc/locks, or
@@ -18,6 +24,8 @@ import json
 import os
 import re
 import socket
+import stat
+import sys
 import tempfile
 
 from alexnet_mp.errors import UsageError
@@ -29,29 +37,90 @@ def temp_path(path):
     return f"{path}.tmp{os.getpid()}"
 
 
-def atomic_write(path, write, mode="wb"):
-    """Call write(f) on a temporary file next to `path`, then rename it over `path`.
+def write_target(path):
+    """(the path a write of `path` lands on, whether it is written through a temporary
+    file and a rename): a regular file or a new one, at the end of any symbolic links,
+    atomically; a FIFO, a device or a folder as given, directly."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None          # a new file, or a link to one not made yet: created at the link's end
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return path, False
+    return os.path.realpath(path), True
 
-    An OSError (a full disk, an I/O error) names `path`, not the temporary file,
-    and leaves whatever was at `path` before untouched.
+
+def atomic_write(path, write, mode="wb"):
+    """Call write(f) on a temporary file beside `path` (beside the final target of a
+    symbolic link), then rename it over that; see `write_target` for FIFOs and devices.
+
+    An OSError (a full disk, an I/O error) names the file written, not the temporary
+    one, and leaves whatever was there before untouched.
     """
-    tmp = temp_path(path)
     kwargs = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape"}
+    stream = _std_stream(path)
+    if stream is not None:
+        return _write_through(path, write, mode, kwargs, stream)
+    real, atomic = write_target(path)
+    if not atomic:
+        return _write_through(path, write, mode, kwargs)
+    tmp = temp_path(real)
     try:
         with open(tmp, mode, **kwargs) as f:
             write(f)
-        os.replace(tmp, path)
+        os.replace(tmp, real)
     except Exception as e:
-        cause = os_error_in(e)
-        # A write through a file object (torch.save, np.savez) raises without a file
-        # name, and torch.save's zip writer then hides it behind a RuntimeError of its
-        # own; the user needs the OS error, and the path they asked for, not the temporary one.
-        if cause is not None and cause.filename in (None, tmp):
-            raise OSError(cause.errno, cause.strerror, path) from e
+        _raise_naming(e, real if os.path.islink(path) else path, tmp)
         raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _raise_naming(e, path, tmp=None):
+    cause = os_error_in(e)
+    # A write through a file object (torch.save, np.savez) raises without a file
+    # name, and torch.save's zip writer then hides it behind a RuntimeError of its
+    # own; the user needs the OS error, and the file they are writing, not the temporary
+    # one. A link's target, not the link: the free space in the message is of its disk.
+    if cause is not None and cause.filename in (None, tmp):
+        raise OSError(cause.errno, cause.strerror, path) from e
+
+
+def _std_stream(path):
+    """The file descriptor (1 or 2) that `path` is open as (/dev/stdout, or the file that
+    stdout is redirected to), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    for fd in (1, 2):
+        try:
+            other = os.fstat(fd)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino):
+            return fd
+    return None
+
+
+def _write_through(path, write, mode, kwargs, fd=None):
+    """Write without a temporary file: into what `path` is, or through descriptor `fd`.
+    Through a copy of the descriptor, after what was printed before: opening the file
+    that stdout is redirected to would truncate it, or write over the printed lines."""
+    try:
+        if fd is None:
+            f = open(path, mode, **kwargs)
+        else:
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:
+                    stream.flush()
+            f = os.fdopen(os.dup(fd), mode, **kwargs)      # fdopen never truncates
+        with f:
+            write(f)
+    except Exception as e:
+        _raise_naming(e, path)
+        raise
 
 
 def os_error_in(e):
@@ -72,15 +141,32 @@ def pid_alive(pid):
 
 
 def remove_stale_temps(folder, names, all_of_them=False):
-    """Remove `<name>.tmp<pid>` files in `folder` for `name` in `names`; returns the paths removed.
+    """Remove `<name>.tmp<pid>` files in `folder` for `name` in `names`, and beside the
+    final target of each `name` that is a symbolic link (its temporary files are made
+    there); returns the paths removed.
 
     Only those whose writer is dead, unless `all_of_them` (the caller holds the
-    folder's lock, so no live process of ours can be writing there).
+    folder's lock, so no live process of ours can be writing there). Beside a link's
+    target, always only the dead writers': the lock does not cover that folder.
     """
+    home = os.path.realpath(folder)
+    places = {home: (folder, set(names))}
+    for name in names:
+        real, atomic = write_target(os.path.join(folder, name))
+        if atomic:
+            where, target = os.path.split(real)
+            places.setdefault(where, (where, set()))[1].add(target)
+    removed = []
+    for where, (shown, targets) in places.items():
+        removed += _remove_temps(shown, targets, all_of_them and where == home)
+    return removed
+
+
+def _remove_temps(folder, names, all_of_them):
     removed = []
     try:
         entries = os.listdir(folder)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return removed
     for entry in entries:
         m = _TEMP.match(entry)
@@ -157,12 +243,13 @@ def claim(folder, names, flag, log=print, record=True):
     `flag` names the folder on the command line, for the messages.
     """
     fix = f"choose another {flag}"
-    if os.path.exists(folder) and not os.path.isdir(folder):
+    real = os.path.realpath(folder)       # a link to a folder not made yet: made at its end
+    if os.path.exists(real) and not os.path.isdir(real):
         raise UsageError(f"{flag} {folder} is a file, not a folder: {fix}")
     try:
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(real, exist_ok=True)
         lock = FolderLock(folder, fix, record)
-        with tempfile.TemporaryFile(dir=folder) as f:      # the lock file may predate a chmod
+        with tempfile.TemporaryFile(dir=real) as f:      # the lock file may predate a chmod
             f.write(b"x")
     except OSError as e:
         raise UsageError(f"{flag} {folder} cannot be written ({e.strerror}): {fix}, "

@@ -2,9 +2,14 @@
 two- and four-GPU tests skip with fewer GPUs. The default run leaves these out (setup.cfg).
 
 Each test compares the GPU against an independent reference: the CPU placement, the
-numpy LRN formula, an uninterrupted run, or eager mode.
+numpy LRN formula, an uninterrupted run, or eager mode. The tests named `test_figure_*`
+measure what the README states for a GPU (the LRN's share of a step, grouped against
+torchvision's img/s at batch 128 in float32 and bf16, peak memory of a batch-128 step)
+and write each figure as JSON into $ALEXNET_MP_GPU_OUT (default: a temporary folder),
+so that one run (tools/gpu_report.sh) gives the README's numbers.
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -13,7 +18,12 @@ import torch
 from torch.nn import functional as F
 
 from alexnet_mp import AlexNet, ModelConfig, two_device_alexnet
+from alexnet_mp.bench.sections import bench_lrn, bench_models
+from alexnet_mp.bench.timing import BenchConfig, make_batch
+from alexnet_mp.files import write_json
 from alexnet_mp.train.numerics import configure
+from alexnet_mp.train.optim import PaperSGD, param_groups
+from alexnet_mp.train.step import train_step
 from alexnet_mp.model.layers import column_lrn
 
 from .conftest import run_script
@@ -34,20 +44,39 @@ MEMORY_BUDGET_GIB = 3.5
 # Subprocesses see no GPU unless told (conftest.run_script); these show all, or only the first.
 SHOW_GPUS = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(GPUS))))}
 FIRST_GPU = {"CUDA_VISIBLE_DEVICES": SHOW_GPUS["CUDA_VISIBLE_DEVICES"].split(",")[0]}
+FIGURE_BATCH = 128          # the paper's batch, which the README's GPU figures are for
+FIGURE_DEVICE = torch.device("cuda:0")
 
 
 @pytest.fixture(autouse=True)
 def float32():
-    """The paper's arithmetic for every comparison (TF32 off), restored afterwards.
+    """The paper's arithmetic for every comparison (TF32 off), and the CPU's settings afterwards.
 
-    Inductor caches whether triton works; a CPU test that compiled while conftest hid the
-    GPUs would have cached False, so ask again."""
-    torch.utils._triton.has_triton.cache_clear()
-    before = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    The flags go through `configure` both ways, on any supported torch: it sets the TF32
+    API that every one of them reads (alexnet_mp.train.numerics). Inductor caches whether
+    triton works; a CPU test that compiled while conftest hid the GPUs would have cached
+    False, so ask again."""
+    import torch.utils._triton
+    getattr(torch.utils._triton.has_triton, "cache_clear", lambda: None)()
     configure("cuda")
     yield
-    torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before
     configure("cpu")
+
+
+@pytest.fixture(scope="session")
+def figures(tmp_path_factory):
+    """Where the figure tests write: $ALEXNET_MP_GPU_OUT, else a temporary folder."""
+    folder = os.environ.get("ALEXNET_MP_GPU_OUT") or str(tmp_path_factory.mktemp("gpu-figures"))
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def record(folder, name, value, unit, **details):
+    """One figure as {"value": number, ...} in folder/name.json, with what it was measured on."""
+    assert isinstance(value, (int, float)) and math.isfinite(value), (name, value)
+    write_json(os.path.join(folder, f"{name}.json"), {
+        "figure": name, "value": value, "unit": unit, "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__, "cuda": torch.version.cuda, **details})
 
 
 def images(n, seed=0, device="cpu"):
@@ -236,14 +265,62 @@ def test_quick_benchmark_runs_on_cuda(tmp_path):
     assert "(a) torchvision alexnet" in proc.stdout
 
 
-def test_peak_memory_of_a_batch_128_training_step_stays_within_budget():
-    model = AlexNet(1000, seed=0, device="cuda:0").to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x, y = images(128, device="cuda:0"), torch.arange(128, device="cuda:0")
-    torch.cuda.reset_peak_memory_stats()
-    for _ in range(2):                    # the second step holds the velocity too
-        F.cross_entropy(model.train()(x), y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    peak = torch.cuda.max_memory_allocated() / 2**30
+def _precision(amp):
+    return amp or "fp32"
+
+
+@pytest.mark.parametrize("amp", [None, "bf16"])
+def test_figure_grouped_against_torchvision_at_batch_128(figures, amp):
+    """The benchmark's (a) and (b) rows at the paper's batch, timed side by side in one process.
+
+    The grouped net does more work than torchvision's (96 conv1 maps instead of 64, two LRNs,
+    larger pooled maps), but not several times more: a ratio outside 0.25..4 points to a
+    timer that does not wait for the GPU, or to one of the two models not on it."""
+    cfg = BenchConfig(batch_size=FIGURE_BATCH, steps=2, repeats=5, amp=amp)
+    m = bench_models(cfg, FIGURE_DEVICE)
+    ratios = {mode: m["grouped"][i][0] / m["torchvision"][i][0] for i, mode in enumerate(("train", "eval"))}
+    img_per_s = {name: {"train": v[0][0], "eval": v[1][0]} for name, v in m.items()}
+    for mode, ratio in ratios.items():
+        record(figures, f"grouped_vs_torchvision_{mode}-{_precision(amp)}", ratio, "x",
+               img_per_s={k: v[mode] for k, v in img_per_s.items()}, batch_size=FIGURE_BATCH, amp=amp,
+               cudnn_benchmark=torch.backends.cudnn.benchmark)
+        assert 0.25 < ratio < 4, (mode, img_per_s)
+    for name, v in img_per_s.items():
+        for mode, speed in v.items():
+            record(figures, f"img_per_s_{name}_{mode}-{_precision(amp)}", speed, "img/s",
+                   batch_size=FIGURE_BATCH, amp=amp)
+
+
+@pytest.mark.parametrize("amp", [None, "bf16"])
+def test_figure_lrn_share_of_a_batch_128_training_step(figures, amp):
+    """The benchmark's (f): both LRN layers' forward and backward against a whole step. The
+    step contains both LRNs, so a share of 1 or more means the two were not timed alike. On
+    CUDA the README's figure is the fused kernel's: an eager fallback is a failure here."""
+    share, status = bench_lrn(BenchConfig(batch_size=FIGURE_BATCH, steps=2, repeats=5, amp=amp), FIGURE_DEVICE)
+    record(figures, f"lrn_share_of_train_step-{_precision(amp)}", share, "fraction", batch_size=FIGURE_BATCH,
+           amp=amp, kernel=status["kernel"], compile_failure=status["failure"])
+    assert 0 < share < 1, share
+    assert status["kernel"] == "fused", status
+
+
+def test_figure_peak_memory_of_a_batch_128_training_step_stays_within_budget(figures):
+    """Training's own step and optimizer, two steps (the second holds the velocity too).
+
+    cudnn autotuning is off here: it tries algorithms with workspaces up to the free memory,
+    taken through torch's allocator, so max_memory_allocated would count the largest
+    workspace it tried and not what the step keeps."""
+    torch.backends.cudnn.benchmark = False          # each test's fixture sets the flags anew
+    device = FIGURE_DEVICE
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)    # what earlier tests left allocated
+    model = AlexNet(1000, seed=0, device=device).to(memory_format=torch.channels_last)
+    opt = PaperSGD(param_groups(model, 5e-4), lr=1e-4)
+    x, y = make_batch(FIGURE_BATCH, device, channels_last=True)
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(2):
+        train_step(model.train(), opt, x, y)
+    torch.cuda.synchronize(device)
+    peak = (torch.cuda.max_memory_allocated(device) - before) / 2**30
+    record(figures, "peak_memory_of_train_step-fp32", peak, "GiB", batch_size=FIGURE_BATCH,
+           cudnn_benchmark=False, budget_gib=MEMORY_BUDGET_GIB)
     assert peak < MEMORY_BUDGET_GIB, f"peak {peak:.2f} GiB"

@@ -92,8 +92,9 @@ def test_two_agents_step_like_one_grouped_process_and_their_replicas_stay_bitwis
 
 def _assert_no_host_sync_between_log_steps(per_rank):
     """Step 1 does not log (--print-freq 2): its only collectives are the exchange's, four
-    gathers into conv3, fc6, fc7, fc8, the logits' gather and four backward all-reduces, and
-    nothing reads a tensor on the host. DDP's averaging is not among them: it runs in its
+    gathers into conv3, fc6, fc7, fc8, the logits' gather and four backward all-reduces
+    (gloo's; NCCL's reduce-scatters would count as "reduce_scatter", by either torch's name
+    for it), and nothing reads a tensor on the host. DDP's averaging is not among them: it runs in its
     C++ reducer, which waits for the all-reduce at the end of backward and not on the host
     under NCCL. Step 2 logs: the votes' all-reduce and the loss's .item() show up there
     (so the counting itself works)."""

@@ -1,6 +1,7 @@
 """Data parallelism across pairs, the exchange's backward, fc8 split per column, and the
 writer-only checkpoint gather, in gloo processes against the grouped model."""
 import collections
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -14,6 +15,7 @@ from alexnet_mp.distributed.parallel import Topology, apply_data_parallel
 
 from .helpers import assert_close_rel, run_ranks
 from .test_distributed import batch
+from .torchrun_worker import note_collectives
 
 NO_DROPOUT = ModelConfig(dropout=0.0)
 ODD_CLASSES = 11
@@ -55,7 +57,14 @@ def _pair(rank, world):
     out["wrapped"] = apply_data_parallel(net, topology) is not net
     net.exchange.reduction = "reduce_scatter"       # NCCL's path, run here on gloo's reduce-scatter
     x, y = batch(2)
-    F.cross_entropy(net(x), y[:2]).backward()
+    loss, events = F.cross_entropy(net(x), y[:2]), []
+    restore = note_collectives(events)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss.backward()
+    restore()
+    out["backward_collectives"] = collections.Counter(events)
+    out["future_warnings"] = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
     out["reduce_scatter_grads"] = net.canonical_grads()
     odd = rank_alexnet("cpu", ODD_CLASSES, seed=1, config=NO_DROPOUT, topology=topology)
     y_odd = torch.tensor([10, 3])
@@ -69,8 +78,14 @@ def _pair(rank, world):
 def test_one_pair_runs_no_data_parallel_and_its_backward_options_agree_with_grouped():
     """With one replica nothing is averaged: no same-column group, no DDP. The reduce-scatter
     backward (what NCCL runs) gives the grouped gradients; a mismatch points to column_chunks.
+    It is one reduce-scatter per shared activation (conv3, fc6, fc7, fc8), counted under either
+    torch's name for it, and no deprecation warning where torch has the new name.
     11 classes split 6/5 between the columns: a mismatch there points to the padded logits gather."""
     results = run_ranks(2, _pair)
+    for r in results:
+        assert r["backward_collectives"] == {"reduce_scatter": 4}, r["backward_collectives"]
+        if hasattr(dist, "reduce_scatter_single"):
+            assert not [w for w in r["future_warnings"] if "reduce_scatter" in w], r["future_warnings"]
     x, y = batch(2)
     _, grads, _ = _grouped_step(10, x, y[:2])
     logits, odd_grads, odd_state = _grouped_step(ODD_CLASSES, x, torch.tensor([10, 3]))

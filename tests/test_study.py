@@ -18,14 +18,14 @@ def micro_store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("micro"), 2, 1)
 
 
-def _record(variant, seed, top1, top5, loss=1.0):
+def _record(variant, seed, top1, top5, loss=1.0, stuck=None):
     return {"variant": variant, "seed": seed, "status": "ok", "top1_err": top1, "top5_err": top5,
-            "final_loss": loss, "curve": []}
+            "final_loss": loss, "curve": [], "stuck": stuck}
 
 
 def test_summary_means_spreads_and_differences_by_hand():
     records = [_record("baseline", 0, 0.30, 0.10), _record("baseline", 1, 0.34, 0.12),
-               _record("no-lrn", 0, 0.40, 0.10), _record("no-lrn", 1, 0.36, 0.09),
+               _record("no-lrn", 0, 0.40, 0.10), _record("no-lrn", 1, 0.36, 0.09, stuck="dead-fc7"),
                _record("pool2", 0, 0.29, 0.11), {"variant": "pool2", "seed": 1, "status": "failed"}]
     rows = {r["variant"]: r for r in table.summarise(records, choose_variants("no-lrn,pool2"))}
     base, lrn, pool = rows["baseline"], rows["no-lrn"], rows["pool2"]
@@ -45,6 +45,9 @@ def test_summary_means_spreads_and_differences_by_hand():
     line = next(row for row in md.splitlines() if row.startswith("| no-lrn"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[2:10] == ["2", "38.0 ± 2.8", "9.5 ± 0.7", "+6.0 ± 2.8", "+1.4", "-1.5 ± 1.1", "+1.2", "yes / no*"]
+    assert cells[11] == "1 of 2: dead-fc7"
+    baseline = next(row for row in md.splitlines() if row.startswith("| baseline"))
+    assert baseline.strip("|").split("|")[11].strip() == "no"
     assert "1 (+1 failed)" in md and "header line" in md
 
 

@@ -243,7 +243,7 @@ def test_weights_of_a_bare_state_dict_start_a_fresh_run_and_resume_refuses_it(ti
     proc = run_script(train_cmd(tiny_store, tmp_path / "refused", "-b", "8", "--resume", str(tmp_path / "bare.pt")))
     assert_one_line_error(proc, f"is a bare state dict (weights only), which has no run to continue: start a "
                                 f"fresh run from its weights with --weights {tmp_path / 'bare.pt'}")
-    proc = _ok(run_script(train_cmd(tiny_store, tmp_path / "out", "-b", "8", "-j", "0", "--dropout", "0",
+    proc = _ok(run_script(train_cmd(tiny_store, tmp_path / "out", "-b", "8", "-j", "0",
                                     "--lr", "1e-9", "--weights", str(tmp_path / "bare.pt"), "--stop-at-step", "1")))
     assert "starting from the weights in" in proc.stdout
     got = model_of(tmp_path / "out")

@@ -73,6 +73,8 @@ def test_variant_checkpoint_evaluates_and_predicts_with_no_flags(name, tiny_stor
 
 def test_one_column_filters_figure_has_one_block(tiny_store, tmp_path, capsys):
     from PIL import Image
+
+    from alexnet_mp.eval import figures
     path = str(tmp_path / "c1.pt")
     save_variant_checkpoint(tiny_store, path, ["--columns", "1"])
     capsys.readouterr()
@@ -82,7 +84,7 @@ def test_one_column_filters_figure_has_one_block(tiny_store, tmp_path, capsys):
     save_variant_checkpoint(tiny_store, str(tmp_path / "c2.pt"), [])
     assert visualize.main(["filters", "--checkpoint", str(tmp_path / "c2.pt"), "--out", str(tmp_path / "g.png")]) == 0
     one, two = Image.open(tmp_path / "f.png").size, Image.open(tmp_path / "g.png").size
-    assert one[0] == two[0] and 2 * one[1] + visualize.viz.GAP == two[1]      # one block of 48, not two
+    assert one[0] == two[0] and 2 * one[1] + figures.GAP == two[1]      # one block of 48, not two
 
 
 def test_resuming_with_other_variant_flags_is_one_line(tiny_store, tmp_path, capsys):

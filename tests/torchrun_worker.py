@@ -19,6 +19,10 @@ from alexnet_mp.cli import train as cli
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter_single", "reduce_scatter_tensor", "broadcast",
                "gather", "gather_object", "all_gather_object", "barrier", "reduce", "scatter")
+# torch 2.14 has reduce_scatter_single and deprecates reduce_scatter_tensor, 2.11 has only the
+# latter; alexnet_mp.distributed.compat calls whichever exists. One event name for both, so
+# that counts do not depend on the torch version.
+EVENT_NAMES = {"reduce_scatter_single": "reduce_scatter", "reduce_scatter_tensor": "reduce_scatter"}
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
 
 
@@ -29,6 +33,15 @@ def noting(name, real, events):
     return wrapper
 
 
+def note_collectives(events):
+    """Wrap every collective of COLLECTIVES that this torch has, appending its event name to
+    `events` on each call; returns a function that puts the real ones back."""
+    real = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}
+    for name, fn in real.items():
+        setattr(dist, name, noting(EVENT_NAMES.get(name, name), fn, events))
+    return lambda: [setattr(dist, name, fn) for name, fn in real.items()]
+
+
 def local_weights(net):
     return {name: (rows.start, p.detach().clone()) for name, p, rows, _ in net._slices()}
 
@@ -36,8 +49,7 @@ def local_weights(net):
 def main():
     out_dir, argv = sys.argv[1], sys.argv[sys.argv.index("--") + 1:]
     events, dumps, nets = [], {}, []
-    for name in COLLECTIVES:
-        setattr(dist, name, noting(name, getattr(dist, name), events))
+    note_collectives(events)
     for name in HOST_READS:
         setattr(torch.Tensor, name, noting(name.strip("_"), getattr(torch.Tensor, name), events))
     real_step = training.train_step

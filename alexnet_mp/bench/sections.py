@@ -3,7 +3,8 @@
 (a, b) the grouped network against torchvision's alexnet, (c) the split
 placements against the grouped one, (d) ten crops against the centre crop,
 (e) the input pipeline against torchvision's ImageFolder, (f) the LRN's share of
-a step. The scaling section (g) is `alexnet_mp.bench.scaling`.
+a step. The scaling section (g) is `alexnet_mp.bench.scaling`. (h) `caffe`: the time
+and peak memory of importing a full-size bvlc_alexnet-shaped .caffemodel.
 """
 import os
 import tempfile
@@ -22,10 +23,12 @@ from alexnet_mp.distributed.launch import free_port
 from alexnet_mp.distributed.placement import rank_alexnet, two_device_alexnet
 from alexnet_mp.eval.tencrop import predict
 from alexnet_mp.model.arch import COLUMNS
+from alexnet_mp.model.layers import lrn_kernel_status
 from alexnet_mp.model.net import AlexNet
+from alexnet_mp.train.numerics import autocast
 from alexnet_mp.train.optim import PaperSGD, param_groups
 
-SECTIONS = ("model", "tworank", "tencrop", "data", "lrn", "scaling")
+SECTIONS = ("model", "tworank", "tencrop", "data", "lrn", "scaling", "caffe")
 
 
 def bench_models(args, device):
@@ -100,7 +103,9 @@ def bench_tencrop(args, device):
 
 def bench_lrn(args, device):
     """The LRN's share of a training step: both LRN layers, forward and backward, at the
-    shapes the network feeds them (conv1's and conv2's outputs), against a whole step."""
+    shapes the network feeds them (conv1's and conv2's outputs), against a whole step;
+    and `lrn_kernel_status()` after it: the kernel that ran, the graphs compiled, and why
+    compiling failed if it did (the eager kernel then ran, and the share is the eager one's)."""
     model = AlexNet(1000, seed=0, device=device).to(memory_format=torch.channels_last)
     x, y = make_batch(args.batch_size, device, True)
     step, _ = model_steps(model, PaperSGD(param_groups(model, 5e-4), lr=1e-4), x, y, args.steps, args.amp)
@@ -116,7 +121,7 @@ def bench_lrn(args, device):
                     out = model.lrn(a)
                 out.backward(torch.ones_like(out))
     t_step, t_lrn = timed([step, lrn_steps], args.repeats)
-    return t_lrn[0] / t_step[0]
+    return t_lrn[0] / t_step[0], lrn_kernel_status()
 
 
 def _photos(folder, count, rng):
@@ -165,3 +170,57 @@ def bench_data(args, device):
             return speeds, sizes
     finally:
         torch.set_num_threads(threads)
+
+
+# Run in a fresh process. Linux: writing 5 to /proc/self/clear_refs resets the peak resident
+# set (VmHWM) to the current one, so the peak after the imports' own transient peak is the
+# import's; ru_maxrss cannot be reset. tracemalloc counts numpy's buffers (not the mapped file).
+_CAFFE_PROBE = """
+import json, sys, time, tracemalloc
+from alexnet_mp.caffe.convert import import_caffemodel
+from alexnet_mp.train.checkpoint import atomic_save
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return 1024 * int(next(line.split()[1] for line in f if line.startswith(key + ":")))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = status("VmRSS")
+tracemalloc.start()
+t0 = time.perf_counter()
+done = import_caffemodel(sys.argv[1], sys.argv[2])
+t1 = time.perf_counter()
+atomic_save(done.checkpoint, sys.argv[3])
+t2 = time.perf_counter()
+print(json.dumps({"read_convert_s": t1 - t0, "save_s": t2 - t1, "baseline": base, "peak": status("VmHWM"),
+                  "traced_peak": tracemalloc.get_traced_memory()[1]}))
+"""
+
+
+def bench_caffe(args, device):
+    """tools/import_caffe.py's work (read, check, convert, save) on a synthetic 1000-class
+    bvlc_alexnet-shaped file of full size (the real one cannot be downloaded here), each
+    repeat in a fresh process: seconds, peak resident memory above that process's baseline (the
+    mapped file's pages included), and the peak of the allocations tracemalloc sees. The file
+    was just written, so it is read from the page cache (Linux only: /proc/self)."""
+    import json
+    import subprocess
+    import sys
+    from alexnet_mp.caffe.synthetic import write_synthetic
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    with tempfile.TemporaryDirectory() as d:
+        model, mean, out = (os.path.join(d, n) for n in ("synthetic.caffemodel", "mean.npy", "out.pt"))
+        size = write_synthetic(model, 1000)
+        np.save(mean, np.full((3, 256, 256), 110.0))
+        runs = []
+        for _ in range(1 if args.quick else min(args.repeats, 3)):
+            proc = subprocess.run([sys.executable, "-c", _CAFFE_PROBE, model, mean, out], env=env,
+                                  capture_output=True, text=True, check=True)
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    seconds = sorted(r["read_convert_s"] + r["save_s"] for r in runs)
+    peak = max(r["peak"] - r["baseline"] for r in runs)
+    return {"file_bytes": size, "seconds": (seconds[len(seconds) // 2], seconds[0], seconds[-1]),
+            "read_convert_s": min(r["read_convert_s"] for r in runs), "save_s": min(r["save_s"] for r in runs),
+            "peak_above_baseline_bytes": peak, "peak_over_file": peak / size, "runs": len(runs),
+            "traced_peak_bytes": max(r["traced_peak"] for r in runs)}

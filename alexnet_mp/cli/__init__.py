@@ -15,11 +15,13 @@ import functools
 import math
 import os
 import shutil
+import stat
 import sys
 import tempfile
 
 from alexnet_mp.config import COLUMN_CHOICES, INIT_CHOICES, INPUT_SCALE_CHOICES, ModelConfig
 from alexnet_mp.errors import UsageError
+from alexnet_mp.files import write_target
 from alexnet_mp.train.numerics import AMP_DTYPES
 
 PAPER_MODEL = ModelConfig()
@@ -42,12 +44,23 @@ def _free_space(path):
         return "free space unknown"
 
 
+def _is_device(path):
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, TypeError, ValueError):
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
 def os_error_line(e):
     """One line for an OSError a user can fix, or None for one that is a bug."""
     if e.errno not in USER_ERRNOS:
         return None
     path = e.filename if e.filename is not None else "a file"
     line = f"{path} {USER_ERRNOS[e.errno]}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) and _is_device(path):
+        # /dev/full, a tape: written directly, so the free space of its folder says nothing
+        return f"{line}: write to a file on a disk with room instead"
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
         return f"{line} ({_free_space(str(path))}): free some space or choose another --output-dir; " \
                f"files written before stay intact"
@@ -149,7 +162,12 @@ def check_output_file(path, flag, extensions=None, example="out.json"):
     if extensions and ext not in extensions:
         raise UsageError(f"{flag} {path}: the file type '{ext}' is not one this can write; "
                          f"end the name with one of {', '.join(extensions[:6])}")
-    folder = os.path.dirname(os.path.abspath(path))
+    real, atomic = write_target(path)
+    if not atomic:          # a FIFO or a device is written as it is: it only has to take writes
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"{flag} {path} cannot be written (permission denied): choose a file you can write to")
+        return
+    folder = os.path.dirname(real)           # a link's target is where the temporary file goes
     if not os.path.isdir(folder):
         raise UsageError(f"{flag} {path}: the folder {folder} does not exist; create it or choose another path")
     try:

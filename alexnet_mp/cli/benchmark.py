@@ -10,8 +10,8 @@ import sys
 import torch
 
 from alexnet_mp.bench.scaling import PAIRS, bench_scaling, scaling_rows
-from alexnet_mp.bench.sections import (SECTIONS, bench_data, bench_lrn, bench_models, bench_tencrop, bench_tworank,
-                                       tworank_label)
+from alexnet_mp.bench.sections import (SECTIONS, bench_caffe, bench_data, bench_lrn, bench_models, bench_tencrop,
+                                       bench_tworank, tworank_label)
 from alexnet_mp.bench.timing import BenchConfig
 from alexnet_mp.cli import ArgumentParser, add_speed_flags, check_output_file, tool
 from alexnet_mp.errors import UsageError
@@ -72,7 +72,7 @@ def main(argv=None):
     print(f"device {res['device']}, {res['threads']} threads, batch {cfg.batch_size}, torch {torch.__version__}"
           + "".join(f"  [{n}: speed mode, departs from the paper]" for n in notes))
     for section, report in (("model", report_models), ("tencrop", report_tencrop), ("data", report_data),
-                            ("lrn", report_lrn), ("scaling", report_scaling)):
+                            ("lrn", report_lrn), ("scaling", report_scaling), ("caffe", report_caffe)):
         if section in cfg.sections or (section == "model" and "tworank" in cfg.sections):
             report(cfg, device, res)
     if args.json:
@@ -115,10 +115,15 @@ def report_tencrop(cfg, device, res):
 
 
 def report_lrn(cfg, device, res):
-    res["lrn_share_of_train_step"] = bench_lrn(cfg, device)
-    kernel = "fused (torch.compile)" if device.type == "cuda" else "eager, in place"
+    """(f), naming the kernel that ran: the fused one can fall back to eager for good (no compiler)."""
+    res["lrn_share_of_train_step"], status = bench_lrn(cfg, device)
+    res["lrn_kernel"] = status
+    kernel = {"fused": f"fused (torch.compile, {status['compiles']} graphs compiled in this run)",
+              "eager": "eager, in place"}.get(status["kernel"], str(status["kernel"]))
     print(f"\n(f) the two LRN layers, forward + backward ({kernel}): "
           f"{100 * res['lrn_share_of_train_step']:.1f}% of a grouped training step")
+    if status["failure"]:
+        print(f"    {status['failure']}")
 
 
 def report_data(cfg, device, res):
@@ -153,6 +158,18 @@ def report_scaling(cfg, device, res):
                  if 2 * PAIRS[-1] > cores else ""))
     res["scaling"] = {"pairs": rows, "indicative": True,
                       "note": f"gloo processes sharing {cores} CPU cores; not a multi-GPU measurement"}
+
+
+def report_caffe(cfg, device, res):
+    c = bench_caffe(cfg, device)
+    res["caffe_import"] = c
+    mib = 2 ** 20
+    print(f"\n(h) tools/import_caffe.py on a synthetic 1000-class bvlc_alexnet-shaped file "
+          f"({c['file_bytes'] / mib:.1f} MiB, page cache warm), {c['runs']} fresh process(es):")
+    print(f"    {c['seconds'][0]:.2f} s ({c['seconds'][1]:.2f}..{c['seconds'][2]:.2f}): read, check and convert "
+          f"{c['read_convert_s']:.2f} s, save {c['save_s']:.2f} s; peak memory "
+          f"{c['peak_above_baseline_bytes'] / mib:.0f} MiB resident above the process's baseline, "
+          f"{c['peak_over_file']:.2f}x the file (allocations alone: {c['traced_peak_bytes'] / mib:.0f} MiB)")
 
 
 if __name__ == "__main__":

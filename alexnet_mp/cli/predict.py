@@ -5,6 +5,7 @@ The code behind tools/predict.py, whose docstring has the exact command lines.
 import os
 import sys
 
+import numpy as np
 import torch
 
 from alexnet_mp.cli import ArgumentParser, shown, tool
@@ -13,6 +14,7 @@ from alexnet_mp.data.transforms import EvalTransform
 from alexnet_mp.distributed.placement import input_device
 from alexnet_mp.errors import UsageError
 from alexnet_mp.eval.inference import load_for_inference
+from alexnet_mp.train.numerics import configure
 
 
 def expand(paths):
@@ -33,11 +35,44 @@ def expand(paths):
     return found
 
 
+# Images per forward: 80 crops at ten-crop, an evaluation batch's worth, modest on a CPU.
+IMAGES_PER_FORWARD = 8
+
+
 @torch.no_grad()
-def classify(model, image, transform, crops):
-    x = transform(image)
-    x = x.reshape(crops, *x.shape[-3:]).to(input_device(model))
-    return torch.softmax(model(x).float(), dim=1).mean(0).cpu()
+def classify(model, images, transform, crops, k=5):
+    """(probabilities, classes), each (len(images), k) numpy, best first: the top-k of the mean
+    of the crops' softmax (§4.1). One forward for all the images and one copy back, not one
+    per image (each copy makes the host wait for the device)."""
+    x = torch.cat([t.reshape(crops, *t.shape[-3:]) for t in map(transform, images)])
+    probs = torch.softmax(model(x.to(input_device(model))).float(), dim=1).reshape(len(images), crops, -1).mean(1)
+    top = probs.topk(min(k, probs.shape[1]), dim=1)
+    # float64 holds the class indices and the float32 probabilities exactly: one copy for both.
+    both = torch.cat([top.values.double(), top.indices.double()], dim=1).cpu().numpy()
+    k = top.values.shape[1]
+    return both[:, :k].astype(np.float32), both[:, k:].astype(np.int64)
+
+
+def report(model, paths, transform, crops, classes, names):
+    """Print each image's top 5 in the order given, `paths` classified in one forward; returns
+    how many were no image (each said in its place)."""
+    images = []
+    for path in paths:
+        try:
+            images.append(to_256(path))
+        except Exception as e:
+            images.append(e)
+    readable = [img for img in images if not isinstance(img, Exception)]
+    answers = iter(zip(*classify(model, readable, transform, crops))) if readable else iter(())
+    for path, image in zip(paths, images):
+        if isinstance(image, Exception):
+            print(f"{shown(path)}: not an image ({type(image).__name__}), skipped")
+            continue
+        print(shown(path))
+        for prob, i in zip(*next(answers)):
+            label = classes[i] + (f" ({names[classes[i]]})" if classes[i] in names else "")
+            print(f"  {prob:6.3f}  {label}")
+    return len(paths) - len(readable)
 
 
 @tool
@@ -50,21 +85,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     paths = expand(args.inputs)
     model, classes, names, mean = load_for_inference(args.checkpoint, args.data_path, need_mean=True)
-    transform = EvalTransform(mean, args.crops, model.config.input_scale)
-    failed = 0
-    for path in paths:
-        try:
-            image = to_256(path)
-        except Exception as e:
-            print(f"{shown(path)}: not an image ({type(e).__name__}), skipped")
-            failed += 1
-            continue
-        probs = classify(model, image, transform, args.crops)
-        top = probs.topk(min(5, len(classes)))
-        print(shown(path))
-        for prob, i in zip(top.values.tolist(), top.indices.tolist()):
-            label = classes[i] + (f" ({names[classes[i]]})" if classes[i] in names else "")
-            print(f"  {prob:6.3f}  {label}")
+    configure(input_device(model))      # float32 as tools/evaluate.py runs it (a GPU would run TF32 convs)
+    transform = EvalTransform(mean, args.crops, model.config.input_scale, crop=model.config.crop)
+    failed = sum(report(model, paths[i:i + IMAGES_PER_FORWARD], transform, args.crops, classes, names)
+                 for i in range(0, len(paths), IMAGES_PER_FORWARD))
     if failed == len(paths):
         raise UsageError(f"none of the {failed} file(s) could be read as an image (each is listed above): "
                          f"pass JPEG or PNG files")

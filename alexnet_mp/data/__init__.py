@@ -16,7 +16,8 @@ README has the measurements behind them):
 
 Layout:
 
-    STORE/classes.json            {"classes": [folder names], "names": {folder: human name}}
+    STORE/classes.json            {"classes": [folder names], "names": {folder: human name},
+                                   "source": SRC, "exif_orientation": true}
     STORE/<split>/images.u8       raw: N x 256 x 256 x 3, uint8, RGB
     STORE/<split>/images.jpg      jpeg: the encoded images back to back, in any order
     STORE/<split>/offsets.i64     jpeg: per image (byte offset, length)

@@ -1,6 +1,11 @@
-"""An image file as the paper stores it (§2): RGB, shorter side 256, the central 256x256."""
+"""An image file as the paper stores it (§2): RGB, shorter side 256, the central 256x256.
+
+Every image that enters (prepare, predict, the neighbours query) is read by `to_256`,
+the right way up: a phone stores a portrait photo's pixels landscape, with an EXIF
+Orientation tag that tells a viewer to turn them (README: deviations).
+"""
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from alexnet_mp.config import IMAGE_SIZE
 
@@ -18,10 +23,16 @@ def to_rgb(img):
     return img.convert("RGB")      # CMYK, greyscale, palette, PNG-behind-a-.JPEG alike
 
 
+def upright(img):
+    """`img` as a viewer shows it: its EXIF Orientation (turns and mirrors) applied, in place."""
+    ImageOps.exif_transpose(img, in_place=True)
+    return img
+
+
 def to_256(path):
     """§2: shorter side to 256 with an antialiasing filter, then the central 256x256, RGB uint8."""
     with Image.open(path) as img:
-        img = to_rgb(img)
+        img = to_rgb(upright(img))
     w, h = img.size
     # Sizes and offsets round as torchvision's Resize(256) + CenterCrop(256) do.
     size = (SIZE, int(SIZE * h / w)) if w <= h else (int(SIZE * w / h), SIZE)

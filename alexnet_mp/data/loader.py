@@ -4,6 +4,7 @@ import signal
 
 import torch
 
+from alexnet_mp.config import CROP
 from alexnet_mp.data.store import Store, StoreDataset
 from alexnet_mp.data.storecheck import read_stats
 from alexnet_mp.data.transforms import EvalTransform, TrainTransform
@@ -80,10 +81,11 @@ class Loader(torch.utils.data.DataLoader):
 
 
 def train_loader(store_root, batch_size, workers, seed=0, replicas=1, replica=0, pca_std=0.1, input_scale="raw",
-                 pin_memory=False):
+                 pin_memory=False, crop=CROP):
+    """`crop`: the model config's (224 for the paper's net, 227 for Caffe's bvlc_alexnet)."""
     store = Store(store_root, "train")
     mean, eigval, eigvec = read_stats(store_root)
-    transform = TrainTransform(mean, eigval, eigvec, seed, pca_std, input_scale)
+    transform = TrainTransform(mean, eigval, eigvec, seed, pca_std, input_scale, crop=crop)
     sampler = EpochSampler(len(store), replicas, replica, shuffle=True, seed=seed, batch_size=batch_size)
     # Its own generator, so that starting an epoch never draws from torch's global
     # RNG (dropout's stream): a resumed run then reproduces an uninterrupted one.
@@ -94,11 +96,12 @@ def train_loader(store_root, batch_size, workers, seed=0, replicas=1, replica=0,
 
 
 def eval_loader(store_root, split, batch_size, workers, crops=1, replicas=1, replica=0, input_scale="raw",
-                pin_memory=False):
-    """Batches of (crops, label) in dataset order; pin_memory only for a CUDA consumer."""
+                pin_memory=False, crop=CROP):
+    """Batches of (crops, label) in dataset order; pin_memory only for a CUDA consumer; `crop`: the
+    model config's."""
     store = Store(store_root, split)
     mean, _, _ = read_stats(store_root)
     sampler = EpochSampler(len(store), replicas, replica, shuffle=False)
-    loader = Loader(StoreDataset(store, EvalTransform(mean, crops, input_scale)), batch_size=batch_size,
+    loader = Loader(StoreDataset(store, EvalTransform(mean, crops, input_scale, crop=crop)), batch_size=batch_size,
                     sampler=sampler, num_workers=workers, pin_memory=pin_memory, generator=torch.Generator())
     return loader, sampler

@@ -1,7 +1,8 @@
 """Convert an image tree into a prepared store (layout in `alexnet_mp.data`).
 
 §2: each image is rescaled so its shorter side is 256 (antialiased), then its
-central 256x256 patch is kept. Nothing else is done to the stored pixels.
+central 256x256 patch is kept, the right way up (its EXIF orientation applied,
+recorded in classes.json). Nothing else is done to the stored pixels.
 
 Sources: a tree with train/ and val/ folders (the ImageNet layout), or any
 ImageFolder tree (class folders directly under SRC, taken as the train split).
@@ -22,7 +23,7 @@ from PIL import Image
 
 from alexnet_mp.data.images import IMAGE_EXTENSIONS, SIZE, to_256
 from alexnet_mp.data.store import Store
-from alexnet_mp.data.storecheck import DONE, FAILED, FORMATS, TODO, read_split, read_stats
+from alexnet_mp.data.storecheck import DONE, FAILED, FORMATS, ORIENTED, TODO, read_split, read_stats, rebuild
 from alexnet_mp.errors import StoreError
 from alexnet_mp.files import atomic_write, claim, remove_stale_temps, write_json
 
@@ -167,12 +168,14 @@ def convert_split(src, files, labels, folder, workers, fmt="raw", log=print):
     total = len(files)
     if fresh:
         # index.json goes first and comes back last: a rebuild cut short is seen as one next time.
+        # At a link's target: the link stays, and the images go where it points (a bigger disk).
         for name in ("index.json", "images.u8", "images.jpg", "offsets.i64", "stats.npz"):
-            if os.path.exists(os.path.join(folder, name)):
-                os.remove(os.path.join(folder, name))
+            if os.path.exists(os.path.realpath(os.path.join(folder, name))):
+                os.remove(os.path.realpath(os.path.join(folder, name)))
         if fmt == "raw":
-            _check_space(folder, total * SIZE * SIZE * 3)
-            with open(os.path.join(folder, "images.u8"), "wb") as f:
+            images = os.path.realpath(os.path.join(folder, "images.u8"))
+            _check_space(os.path.dirname(images), total * SIZE * SIZE * 3)
+            with open(images, "wb") as f:
                 f.truncate(total * SIZE * SIZE * 3)
         else:
             open(os.path.join(folder, "images.jpg"), "wb").close()
@@ -312,6 +315,23 @@ def _stats_readable(out):
         return False
 
 
+def _classes_record(out, classes, names, src, log):
+    """classes.json's contents. A store that already holds images keeps its record of their
+    orientation: one prepared before it was applied has none, and is told how to rebuild."""
+    meta = {"classes": classes, "names": names, "source": os.path.abspath(src), ORIENTED: True}
+    try:
+        with open(os.path.join(out, "classes.json"), "rb") as f:
+            old = json.loads(f.read())
+    except (OSError, ValueError):
+        old = None
+    holds_images = any(os.path.isfile(os.path.join(out, split, "index.json")) for split in ("train", "val"))
+    if holds_images and not (isinstance(old, dict) and old.get(ORIENTED) is True):
+        del meta[ORIENTED]      # its kept images, and so the store, are not all the right way up
+        log(f"{out} was prepared before EXIF orientation was applied: its phone photos may be stored "
+            f"sideways; to store them the right way up, remove {out} and run {rebuild(out)} again")
+    return meta
+
+
 def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", log=print):
     """Convert SRC into the store OUT; returns {split: (converted, failed)}.
 
@@ -323,8 +343,7 @@ def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", lo
     names = read_names(names_file) if names_file else {}
     lock = claim(out, ("classes.json",), "OUT", log, record=False)
     try:
-        write_json_if_changed(os.path.join(out, "classes.json"),
-                              {"classes": classes, "names": names, "source": os.path.abspath(src)})
+        write_json_if_changed(os.path.join(out, "classes.json"), _classes_record(out, classes, names, src, log))
         counts = {}
         for split, (root, sfiles, slabels) in splits.items():
             folder = os.path.join(out, split)

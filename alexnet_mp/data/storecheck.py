@@ -19,6 +19,9 @@ FORMATS = ("raw", "jpeg")
 TODO, DONE, FAILED = 0, 1, 2    # status.u8 values
 JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 HEADER_SAMPLES = 64             # jpeg images whose markers are read at open (all would read the whole file)
+# classes.json's record that every image was stored with its EXIF orientation applied
+# (`images.upright`); a store prepared before that has none, and keeps working.
+ORIENTED = "exif_orientation"
 
 
 def _load_json(path):
@@ -51,7 +54,8 @@ def broken(path, problem, root):
 
 
 def read_classes(store):
-    """classes.json: {"classes": [folder names], "names": {folder: human name}}."""
+    """classes.json: {"classes": [folder names], "names": {folder: human name}, "source": SRC,
+    ORIENTED: true}."""
     path = os.path.join(store, "classes.json")
     if not os.path.isfile(path):
         if os.path.isdir(store) and any(os.path.isdir(os.path.join(store, d)) for d in os.listdir(store)):

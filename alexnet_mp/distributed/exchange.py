@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
+from alexnet_mp.distributed.compat import reduce_scatter
 from alexnet_mp.model.arch import COLUMNS
 
 
@@ -129,7 +130,7 @@ class _GatherSumBack(torch.autograd.Function):
             chunks = column_chunks(grad)
             own = torch.empty_like(chunks[0])
             with _timed(ex):
-                dist.reduce_scatter_single(own, chunks.flatten(0, 1), group=ex.pair)    # chunks end to end
+                reduce_scatter(own, chunks.flatten(0, 1), ex.pair)    # chunks end to end
             return _channels_first(own), None
         summed = _channels_last(grad).clone(memory_format=torch.contiguous_format)
         with _timed(ex):

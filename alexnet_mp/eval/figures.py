@@ -93,7 +93,8 @@ def neighbours_grid(query_images, neighbour_images, size=96):
 
 
 def curves_figure(records, out, fmt=None):
-    """Loss, train and val top-1/top-5 error, and the learning rate against epoch."""
+    """Loss, train and val top-1/top-5 error, the learning rate, and (where the records carry
+    the health figures) each layer's fraction of dead ReLU units, against epoch."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -103,7 +104,8 @@ def curves_figure(records, out, fmt=None):
 
     def x(r):
         return r["step"] / per_epoch
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    healthy = [r for r in steps if r.get("health")]
+    fig, axes = plt.subplots(1, 4 if healthy else 3, figsize=(16 if healthy else 12, 3.2))
     axes[0].plot([x(r) for r in steps], [r["loss"] for r in steps], lw=1)
     axes[0].set(title="training loss", xlabel="epoch")
     for key, style in (("top1_err", "-"), ("top5_err", "--")):
@@ -114,6 +116,11 @@ def curves_figure(records, out, fmt=None):
     axes[1].legend(fontsize=7)
     axes[2].plot([x(r) for r in steps], [r["lr"] for r in steps])
     axes[2].set(title="learning rate", xlabel="epoch", yscale="log")
+    if healthy:
+        for layer in healthy[0]["health"]:
+            axes[3].plot([x(r) for r in healthy], [r["health"][layer]["dead"] for r in healthy], lw=1, label=layer)
+        axes[3].set(title="dead ReLU units (fraction)", xlabel="epoch", ylim=(-0.02, 1.02))
+        axes[3].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out, dpi=80, format=fmt)
     plt.close(fig)

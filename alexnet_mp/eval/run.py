@@ -11,7 +11,8 @@ from alexnet_mp.train.numerics import amp_note, configure
 
 # spec §5: (label, top-1 error %, top-5 error %)
 REFERENCE_ROWS = (("paper, 1 CNN, ILSVRC-2012 val, ten-crop", 40.7, 18.2),
-                  ("torchvision alexnet, centre crop", 43.5, 20.9))
+                  ("torchvision alexnet, centre crop", 43.5, 20.9),
+                  ("Caffe bvlc_alexnet, centre crop (its readme)", 42.9, 19.8))
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,10 @@ def evaluate(opts, run, state):
     """Every image of the split once, over all of the run's ranks; `state` is the loaded checkpoint."""
     for note in configure(run.device, opts.tf32) + amp_note(opts.amp):
         run.log(f"speed mode, departs from the paper's float32 arithmetic: {note}")
+    variant = model_config(state)       # its input scale and crop (227 for Caffe's bvlc_alexnet)
     loader, _ = eval_loader(opts.data_path, opts.split, opts.batch_size, opts.workers, opts.crops,
-                            run.replicas, run.replica, input_scale=model_config(state).input_scale,
-                            pin_memory=run.device.type == "cuda")
+                            run.replicas, run.replica, input_scale=variant.input_scale,
+                            pin_memory=run.device.type == "cuda", crop=variant.crop)
     model, classes, _, _ = load_for_inference(opts.checkpoint, opts.data_path, run.placement, run.devices,
                                               state=state, topology=run.topology)
     result = gather(predict(model, loader, input_device(model), opts.crops, log=run.log,

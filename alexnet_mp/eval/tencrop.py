@@ -26,33 +26,55 @@ def predict(model, loader, device, crops, log=None, counts_here=True, amp=None):
     Returns a dict of numpy arrays: `index` (dataset positions), `label`,
     `top5`/`prob5` (averaged over the crops) and `center_top5`/`center_prob5`.
     `counts_here=False` (column 1 of a pair) computes the same images but returns none.
+    The answers stay on the device until the last batch and then cross in one copy:
+    a copy per batch would make the host wait for every batch's forward in turn.
     """
     model.eval()
-    out = {k: [] for k in ("label", "top5", "prob5", "center_top5", "center_prob5")}
+    answers, labels_seen = [], []
     start, seen, total = time.time(), 0, len(loader.sampler)
     for step, (images, labels) in enumerate(loader):
         n = images.shape[0]
         x = _to(images.reshape(-1, *images.shape[-3:]), device)   # crops of N images: one 10N batch
         with autocast(device, amp):
             logits = model(x)
-        probs = torch.softmax(logits.float(), dim=1).reshape(n, crops, -1).cpu()
-        k = min(5, probs.shape[-1])
-        avg = probs.mean(dim=1)
-        center = probs[:, CENTER if crops == 10 else 0]
-        for key, p in (("", avg), ("center_", center)):
-            top = p.topk(k, dim=1)
-            out[f"{key}top5"].append(top.indices.numpy())
-            out[f"{key}prob5"].append(top.values.numpy())
-        out["label"].append(labels.numpy())
-        seen += n
+        probs = torch.softmax(logits.float(), dim=1).reshape(n, crops, -1)
+        answers.append(_top(probs, crops))
+        labels_seen.append(labels.numpy())
+        seen += n           # counted from the loader, without asking the device
         if log and (step % 20 == 0 or seen == total):
             rate = seen / max(time.time() - start, 1e-9)
             log(f"eval [{seen}/{total}]  img/s: {rate:.1f}  eta: {(total - seen) / max(rate, 1e-9):.0f}s")
-    result = {k: (np.concatenate(v) if v else np.zeros((0,), np.int64)) for k, v in out.items()}
+    result = _unpack(torch.cat(answers).cpu() if answers else None)
+    result["label"] = np.concatenate(labels_seen) if labels_seen else np.zeros((0,), np.int64)
     result["index"] = np.asarray(loader.sampler.indices(), dtype=np.int64)
     if not counts_here:
         result = {k: v[:0] for k, v in result.items()}
     return result
+
+
+ANSWERS = ("top5", "prob5", "center_top5", "center_prob5")
+
+
+def _top(probs, crops):
+    """(N, 4k) float64 on the device: the averaged and the centre crop's top-k classes and
+    probabilities side by side. float64 holds both exactly (class indices are far below
+    2^53, float32 probabilities are float64 numbers), so the whole answer is one copy."""
+    k = min(5, probs.shape[-1])
+    parts = []
+    for p in (probs.mean(dim=1), probs[:, CENTER if crops == 10 else 0]):
+        top = p.topk(k, dim=1)
+        parts += [top.indices.double(), top.values.double()]
+    return torch.cat(parts, dim=1)
+
+
+def _unpack(packed):
+    """The `predict` answers as numpy arrays, from `_top`'s rows (None: no batches)."""
+    if packed is None:
+        return {key: np.zeros((0,), np.int64) for key in ANSWERS}
+    k = packed.shape[1] // len(ANSWERS)
+    cols = packed.numpy().reshape(len(packed), len(ANSWERS), k)
+    return {key: cols[:, i].astype(np.float32 if key.endswith("prob5") else np.int64)
+            for i, key in enumerate(ANSWERS)}
 
 
 def gather(result):

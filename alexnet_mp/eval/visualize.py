@@ -15,6 +15,7 @@ from alexnet_mp.eval import figures
 from alexnet_mp.eval.inference import load_for_inference
 from alexnet_mp.files import atomic_write
 from alexnet_mp.train.metrics import read_records
+from alexnet_mp.train.numerics import configure
 
 COMMON = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".tif", ".bmp", ".webp")     # named first in messages
 
@@ -70,10 +71,11 @@ def curves_file(metrics, out, warn):
 def neighbours_file(checkpoint, data_path, query, out, k=6, batch_size=32, workers=0):
     """Each query image's k nearest training images in fc7, drawn into `out`; (indices, store)."""
     model, _, _, mean = load_for_inference(checkpoint, data_path, need_mean=True)
+    configure(input_device(model))      # fc7 in float32, as tools/evaluate.py computes (a GPU would run TF32)
     store = Store(data_path, "train")
     if k > len(store):
         raise UsageError(f"-k {k} is more than the {len(store)} training images of {data_path}: lower -k")
-    centre = EvalTransform(mean, crops=1, input_scale=model.config.input_scale)
+    centre = EvalTransform(mean, crops=1, input_scale=model.config.input_scale, crop=model.config.crop)
     queries = []
     for path in query:
         try:

@@ -69,33 +69,74 @@ def _window_sum_pure(sq, size):
 
 
 def lrn_forward_pure(xr, size, alpha, beta, k):
-    """(b, D, D^-beta) of rows `xr`, out of place: the body of the fused CUDA forward."""
+    """(b, D) of rows `xr`, out of place: the body of the fused forward."""
     den = _window_sum_pure(xr * xr, size) * (alpha / size) + k
+    return xr * den.pow(-beta), den
+
+
+def lrn_backward_pure(g, xr, den, size, alpha, beta):
+    """dL/da from the saved (a, D), out of place: the body of the fused backward.
+    D^-beta is recomputed here, fused into the same kernel, rather than kept from forward."""
     r = den.pow(-beta)
-    return xr * r, den, r
-
-
-def lrn_backward_pure(g, xr, den, r, size, alpha, beta):
-    """dL/da from the saved (a, D, D^-beta), out of place: the body of the fused CUDA backward."""
     window = _window_sum_pure(g * xr * r / den, size)
     return g * r - (2.0 * alpha * beta / size) * xr * window
 
 
 def _lrn_forward_eager(xr, size, alpha, beta, k):
-    r = xr * xr
-    den = _window_sum(r, size, torch.empty_like(r)).mul_(alpha / size).add_(k)
-    _neg_pow(den, beta, out=r)                  # the squares' buffer now holds r
-    return xr * r, den, r
+    sq = xr * xr
+    den = _window_sum(sq, size, torch.empty_like(sq)).mul_(alpha / size).add_(k)
+    return _neg_pow(den, beta, out=sq).mul_(xr), den      # the squares' buffer becomes b
 
 
-def _lrn_backward_eager(g, xr, den, r, size, alpha, beta):
-    t = torch.mul(g, xr).mul_(r).div_(den)      # g_j a_j D_j^(-beta-1)
-    window = _window_sum(t, size, torch.empty_like(t))   # D stays intact for a retained graph
-    dx = torch.mul(g, r, out=t)
-    return dx.addcmul_(xr, window, value=-2.0 * alpha * beta / size)
+def _lrn_backward_eager(g, xr, den, size, alpha, beta):
+    r = _neg_pow(den, beta, out=torch.empty_like(den))    # two vector ops for beta = 3/4
+    t = torch.mul(g, xr).mul_(r).div_(den)                # g_j a_j D_j^(-beta-1)
+    window = _window_sum(t, size, torch.empty_like(t))    # D stays intact for a retained graph
+    return r.mul_(g).addcmul_(xr, window, value=-2.0 * alpha * beta / size)
 
 
+# What the fused LRN did in this process: the kernel the last LRN call ran ("fused",
+# "eager"; None before the first), the graphs compiled, and why compiling failed.
+_STATUS = {"kernel": None, "graphs": {"forward": 0, "backward": 0}, "failure": None, "taken": False}
 _FUSED = {}
+KERNEL_ENV = "ALEXNET_MP_LRN"       # auto (fused on CUDA, eager elsewhere), fused (any device), eager
+
+
+def _counted(which):
+    """Inductor, counting the graphs it is given: one per device is the design (see `_fused`)."""
+    inductor = torch._dynamo.lookup_backend("inductor")
+
+    def backend(gm, example_inputs):
+        _STATUS["graphs"][which] += 1
+        return inductor(gm, example_inputs)
+    return backend
+
+
+def _fused(fn, which):
+    """`fn` compiled once for every batch size and both LRN layers.
+
+    Every tensor goes in as a detached, contiguous (rows, channels of one group)
+    matrix with both sizes marked dynamic, under no_grad: the column count, the
+    batch, the map size, requires_grad and grad mode then never reach dynamo's
+    guards, which left alone compiled 4 forward and 3 backward graphs for grouped
+    training, evaluation and the one-column net, near the limit of 8 past which
+    `fullgraph=True` raises. What remains is one graph per device (and dtype).
+    """
+    compiled = torch.compile(fn, fullgraph=True, backend=_counted(which))
+
+    def call(*args):
+        shape = args[0].shape
+        flat = []
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                a = a.detach().reshape(-1, shape[-1]).contiguous()
+                for dim in (0, 1):
+                    torch._dynamo.maybe_mark_dynamic(a, dim)
+            flat.append(a)
+        with torch.no_grad():
+            out = compiled(*flat)
+        return tuple(o.reshape(shape) for o in out) if isinstance(out, tuple) else out.reshape(shape)
+    return call
 
 
 def fused_lrn_kernels():
@@ -103,24 +144,52 @@ def fused_lrn_kernels():
     about 22 elementwise launches, which is what the LRN costs on a GPU. Built on
     first use, so importing the package never starts a compiler."""
     if "forward" not in _FUSED:
-        _FUSED["forward"] = torch.compile(lrn_forward_pure, fullgraph=True)
-        _FUSED["backward"] = torch.compile(lrn_backward_pure, fullgraph=True)
+        _FUSED["forward"] = _fused(lrn_forward_pure, "forward")
+        _FUSED["backward"] = _fused(lrn_backward_pure, "backward")
     return _FUSED["forward"], _FUSED["backward"]
 
 
+def lrn_kernel_status():
+    """{"kernel": the kernel the last LRN call ran ("fused", "eager"; None before the first),
+    "compiles": graphs compiled in this process, "graphs": {"forward": n, "backward": m},
+    "failure": why the fused kernel could not be compiled, or None}."""
+    graphs = dict(_STATUS["graphs"])
+    return {"kernel": _STATUS["kernel"], "compiles": sum(graphs.values()), "graphs": graphs,
+            "failure": _STATUS["failure"]}
+
+
+def take_lrn_failure():
+    """The compile failure's one line, the first time it is asked for after it happened; else None.
+    A training loop's log step calls it, so that the run's own log says once which kernel runs."""
+    if _STATUS["failure"] is None or _STATUS["taken"]:
+        return None
+    _STATUS["taken"] = True
+    return _STATUS["failure"]
+
+
+def _fail(error):
+    first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+    _STATUS["failure"] = (f"the fused LRN could not be compiled ({type(error).__name__}: {first}); "
+                          f"the eager LRN kernel runs instead (the same arithmetic, more launches)")
+    warnings.warn(_STATUS["failure"])
+
+
 def _fused_or_eager(which):
-    """The fused kernel, or the eager one, with one warning, where this machine cannot
-    compile it (no Triton, no C compiler). ALEXNET_MP_FUSED_LRN=0 skips the compiler."""
+    """The fused kernel, or for good the eager one where this machine cannot compile it
+    (no Triton, no C compiler): said once by `warnings`, and by `take_lrn_failure`."""
     eager = _lrn_forward_eager if which == 0 else _lrn_backward_eager
 
     def call(*args):
-        if not _FUSED.get("broken") and os.environ.get("ALEXNET_MP_FUSED_LRN", "1") != "0":
+        if _STATUS["failure"] is None:
             try:
-                return fused_lrn_kernels()[which](*args)
+                out = fused_lrn_kernels()[which](*args)
+                _STATUS["kernel"] = "fused"
+                return out
+            except torch.cuda.OutOfMemoryError:
+                raise           # not the compiler's: the eager kernel needs more memory still
             except Exception as e:    # the compiler's failures have no common type
-                _FUSED["broken"] = True
-                warnings.warn(f"the fused LRN could not be compiled ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:100] if str(e) else ''}); using the eager kernel")
+                _fail(e)
+        _STATUS["kernel"] = "eager"
         return eager(*args)
     return call
 
@@ -128,17 +197,25 @@ def _fused_or_eager(which):
 def _kernels(x):
     """Which LRN arithmetic runs: the pure one inside an outer torch.compile (it fuses
     it with its neighbours), the fused one on CUDA, the in-place eager one on the CPU
-    (faster there than the compiled one: its cost is memory traffic, not launches)."""
+    (faster there than the compiled one: its cost is memory traffic, not launches).
+    ALEXNET_MP_LRN=fused compiles it on any device (inductor's CPU backend: the tests),
+    ALEXNET_MP_LRN=eager never."""
     if torch.compiler.is_compiling():
         return lrn_forward_pure, lrn_backward_pure
-    if x.is_cuda and not is_fake(x):        # fake tensors (placement tests) have nothing to compile for
-        return _fused_or_eager(0), _fused_or_eager(1)
-    return _lrn_forward_eager, _lrn_backward_eager
+    mode = os.environ.get(KERNEL_ENV, "auto")
+    if mode not in ("auto", "fused", "eager"):
+        raise ValueError(f"{KERNEL_ENV}={mode}: choose auto, fused or eager")
+    if is_fake(x) or mode == "eager" or (mode == "auto" and not x.is_cuda):
+        _STATUS["kernel"] = "eager"     # fake tensors (placement tests) have nothing to compile for
+        return _lrn_forward_eager, _lrn_backward_eager
+    return _fused_or_eager(0), _fused_or_eager(1)
 
 
 class _ColumnLRN(torch.autograd.Function):
-    """LRN with the closed-form backward. It keeps x, the denominator D and
-    r = D^-beta for the backward, which then needs one window sum, not two.
+    """LRN with the closed-form backward. It keeps x and the denominator D for the
+    backward, which recomputes r = D^-beta (two vector ops for beta = 3/4) rather
+    than keep a second activation-sized tensor (0.23 GiB at batch 128), and needs
+    one window sum, not two.
 
     With D_j = k + (alpha/n) S_j and b_j = a_j D_j^-beta:
     dL/da_i = g_i D_i^-beta - 2 (alpha/n) beta a_i * sum_{j: i in window(j)} g_j a_j D_j^(-beta-1)
@@ -149,16 +226,16 @@ class _ColumnLRN(torch.autograd.Function):
     def forward(ctx, x, columns, size, alpha, beta, k):
         forward, ctx.backward_kernel = _kernels(x)
         xr = _rows(x, columns)
-        y, den, r = forward(xr, size, alpha, beta, k)
-        ctx.save_for_backward(xr, den, r)
+        y, den = forward(xr, size, alpha, beta, k)
+        ctx.save_for_backward(xr, den)
         ctx.params = (size, alpha, beta, x.shape)
         return _unrows(y, x.shape)
 
     @staticmethod
     def backward(ctx, grad):
-        xr, den, r = ctx.saved_tensors
+        xr, den = ctx.saved_tensors
         size, alpha, beta, shape = ctx.params
-        dx = ctx.backward_kernel(_rows(grad, xr.shape[1]), xr, den, r, size, alpha, beta)
+        dx = ctx.backward_kernel(_rows(grad, xr.shape[1]), xr, den, size, alpha, beta)
         return _unrows(dx, shape), None, None, None, None, None
 
 
@@ -188,10 +265,29 @@ class ColumnLRN(nn.Module):
         return f"columns={self.columns}, size={self.size}, alpha={self.alpha}/size, beta={self.beta}, k={self.k}"
 
 
-def stream_seed(seed, replica, column):
-    """The seed of one column's random stream: distinct for every (seed, replica, column)."""
-    words = np.random.SeedSequence([seed % 2**64, replica, column]).generate_state(2, np.uint32)
+def stream_seed(seed, replica, column, step=None, device_index=None):
+    """The seed of one column's random stream: distinct for every (seed, replica, column).
+
+    With `step`: the stream that replaces it from that step on, where a resumed run
+    cannot restore the saved state (saved on another device type); with `device_index`
+    too, that CUDA device's global generator on the process holding `column`. They are
+    spawn keys, not more entropy words: SeedSequence pads short entropy with zeros, so
+    [seed, replica, column, 0] would repeat [seed, replica, column]'s stream."""
+    spawn = () if step is None else (step,) if device_index is None else (step, 1 + device_index)
+    words = np.random.SeedSequence([seed % 2**64, replica, column], spawn_key=spawn).generate_state(2, np.uint32)
     return int(words[0]) << 31 ^ int(words[1])
+
+
+_STATE_SIZES = {}
+
+
+def state_fits(state, device):
+    """Whether a generator on `device` can take `state`: a generator's state is its
+    device type's own (a CPU mt19937's is 5,056 bytes, a CUDA Philox's 16)."""
+    kind = torch.device(device).type
+    if kind not in _STATE_SIZES:
+        _STATE_SIZES[kind] = torch.Generator(device=device).get_state().numel()
+    return isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.numel() == _STATE_SIZES[kind]
 
 
 class ColumnStreams:
@@ -203,18 +299,24 @@ class ColumnStreams:
     Each column draws from its own generator instead, in every placement, so the
     grouped, two-device and per-rank nets draw the same masks from the same seed.
     Generators are made on first use on the device of the tensor they fill.
+    A saved state is a generator's state, or the seed (an int) of one not drawn from yet.
     """
 
     def __init__(self, seed, replica, columns):
+        self.seed, self.replica = seed, replica
         self.seeds = {c: stream_seed(seed, replica, c) for c in columns}
-        self.generators, self._pending = {}, {}
+        self.generators, self._pending, self._step = {}, {}, 0
 
     def generator(self, column, device):
         g = self.generators.get(column)
         if g is None or g.device != device:
-            g = torch.Generator(device=device).manual_seed(self.seeds[column])
-            if column in self._pending:
-                g.set_state(self._pending.pop(column))
+            g = torch.Generator(device=device)
+            s = self._pending.pop(column, self.seeds[column])
+            if not isinstance(s, int) and not state_fits(s, device):     # its device was unknown at load
+                warnings.warn(f"column {column}'s dropout stream was saved on another device type than "
+                              f"{device}: reseeded from (seed, replica, column, step {self._step})")
+                s = stream_seed(self.seed, self.replica, column, self._step)
+            _restore(g, s)
             self.generators[column] = g
         return g
 
@@ -223,13 +325,36 @@ class ColumnStreams:
         states.update(self._pending)
         return {str(c): s for c, s in states.items()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, step=0, devices=None):
+        """Restore the saved streams of this process's columns; returns the columns reseeded.
+
+        A state saved on another device type cannot be restored (a CUDA generator's
+        16 bytes are no CPU generator's state): such a column draws from step `step`
+        on from the stream of (seed, replica, column, step) instead, the same on every
+        resume. `devices` ({column: device}) says where each column will draw, so that
+        this is found now; otherwise at the column's first draw."""
+        self._step, reseeded = step, []
         for key, s in state.items():
             c = int(key)
-            if c in self.generators:
-                self.generators[c].set_state(s)
-            elif c in self.seeds:
+            if c not in self.seeds:
+                continue
+            g = self.generators.get(c)
+            device = g.device if g is not None else (devices or {}).get(c)
+            if not isinstance(s, int) and device is not None and not state_fits(s, device):
+                s = stream_seed(self.seed, self.replica, c, step)
+                reseeded.append(c)
+            if g is not None:
+                _restore(g, s)
+            else:
                 self._pending[c] = s
+        return reseeded
+
+
+def _restore(generator, state):
+    if isinstance(state, int):
+        generator.manual_seed(state)
+    else:
+        generator.set_state(state)
 
 
 class PaperDropout(nn.Module):

@@ -23,7 +23,9 @@ replicas of one column can average gradients over one process group.
 The §3 ablations are fields of the config, never other towers: `columns=1` is
 the one-GPU net of §3.2's footnote (the table's `1-GPU` widths), `lrn=False`
 drops the LRN, `pool_size=2` pools with s = z = 2, `init="torch"` draws
-PyTorch's default init instead of §5's.
+PyTorch's default init instead of §5's. `lrn_across_columns=True` (with
+`lrn_k=1` and `crop=227`: Caffe's bvlc_alexnet, `alexnet_mp.caffe`) runs one LRN
+window over all maps, across the columns; the grouped placement only.
 """
 import torch
 from torch import nn
@@ -153,7 +155,9 @@ class AlexNet(Canonical, nn.Module):
             setattr(self, layer.name, _make_layer(i, self.config, columns, groups, "meta"))
         # Built on "meta" and materialised empty: torch's default init would be overwritten anyway.
         _materialise(self, device or "cpu")
-        self._finish(lrn_columns=columns, seed=seed, init=init, columns=tuple(range(columns)))
+        # spec §1: each column normalises its own maps; Caffe's bvlc_alexnet normalises all maps as one group.
+        lrn_columns = 1 if self.config.lrn_across_columns else columns
+        self._finish(lrn_columns=lrn_columns, seed=seed, init=init, columns=tuple(range(columns)))
         self.dropout = PaperDropout(self.config.dropout, self.streams, tuple(range(columns)))
 
     def forward(self, x):
@@ -202,7 +206,7 @@ class ColumnNet(Canonical, nn.Module):
     def __init__(self, exchange, num_classes=1000, *, seed=None, config=None, init=True):
         super().__init__()
         self.config = resolve_config(config, num_classes)
-        check_placement(self.config.columns, "split")
+        check_placement(self.config.columns, "split", self.config.lrn_across_columns)
         self.exchange = exchange
         self.columns = nn.ModuleList(Column(c, dev, self.config) for c, dev in exchange.local_columns)
         self._finish(lrn_columns=1, seed=seed, init=init, columns=[c.index for c in self.columns],

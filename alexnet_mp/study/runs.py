@@ -77,6 +77,12 @@ def epoch_curve(records):
             for r in records if "val_top1_err" in r]
 
 
+def stuck_cause(records):
+    """The last cause the run's stuck-loss diagnosis named (`alexnet_mp.train.diagnose`), or None."""
+    causes = [r["stuck"] for r in records if r.get("stuck")]
+    return causes[-1] if causes else None
+
+
 def _metrics(folder):
     path = os.path.join(folder, "metrics.jsonl")
     return read_records(path, warn=lambda line: print(line, file=sys.stderr)) if os.path.isfile(path) else []
@@ -135,7 +141,7 @@ def run_one(plan, variant, seed, folder):
     if isinstance(summary, int):
         return dict(record, status="failed", exit_code=summary, stage="evaluate")
     return dict(record, status="ok", eval_seconds=time.time() - t1, curve=epoch_curve(metrics),
-                final_loss=metrics[-1].get("loss") if metrics else None,
+                final_loss=metrics[-1].get("loss") if metrics else None, stuck=stuck_cause(metrics),
                 **{k: summary[k] for k in ("top1_err", "top5_err", "center_top1_err", "center_top5_err",
                                            "num_images")})
 

@@ -51,6 +51,7 @@ def summarise(records, variants):
             row[key] = {"mean": mean, "sd": sd}
         losses = [r["final_loss"] for r in ok if r.get("final_loss") is not None]
         row["final_train_loss"] = mean_sd(losses)[0]
+        row["stuck"] = [r.get("stuck") for r in ok]
         rows.append(row)
     for row, v in zip(rows, variants):
         if v.name != "baseline":
@@ -82,12 +83,20 @@ def _agrees(cell):
     return cell["agrees"] + ("" if cell.get("beyond_noise") else "*")
 
 
+def _stuck(causes):
+    """'no', or how many runs the stuck-loss diagnosis flagged and why (README: "If the loss stays at ln(C)")."""
+    flagged = [c for c in causes if c]
+    if not flagged:
+        return "no" if causes else "-"
+    return f"{len(flagged)} of {len(causes)}: {', '.join(sorted(set(flagged)))}"
+
+
 def markdown(rows, header):
     """study.md: the budget, then the table, then how to read it."""
     lines = ["# The paper's claims as experiments\n", header, "",
              "| variant | what changes | runs | top-1 err % | top-5 err % | Δ top-1 | paper Δ top-1 "
-             "| Δ top-5 | paper Δ top-5 | sign agrees (top-1 / top-5) | final train loss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| Δ top-5 | paper Δ top-5 | sign agrees (top-1 / top-5) | final train loss | diagnosed stuck |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t1, t5 = r["top1_err"], r["top5_err"]
         paper1 = r["paper_top1"] or r["claim"] or "-"
@@ -98,14 +107,15 @@ def markdown(rows, header):
             _num(t1.get("delta"), t1.get("se"), sign=True), paper1,
             _num(t5.get("delta"), t5.get("se"), sign=True), r["paper_top5"] or "-",
             f"{_agrees(t1)} / {_agrees(t5)}",
-            _num(r["final_train_loss"], digits=3) + " |"]))
+            _num(r["final_train_loss"], digits=3), _stuck(r.get("stuck", [])) + " |"]))
     lines += ["", "Errors are ten-crop (§4.1) on the validation split, in %, mean ± standard deviation over "
               "seeds. Δ is variant minus baseline in percentage points, ± its standard error "
               "(sqrt(sd_v²/n_v + sd_b²/n_b)); positive means the paper's piece lowers the error, as the paper "
               "reports. \"yes\" where the sign agrees with the paper's claim; * where |Δ| is within two "
               "standard errors of zero (or there is one seed), i.e. not distinguishable from seed noise. "
               "The final train loss is the mean loss of the last logged step (dropout active), the overfitting "
-              "side of §4.2."]
+              "side of §4.2. \"diagnosed stuck\": the runs whose loss stayed at ln(C) with a cause the health "
+              "figures showed (dead-LAYER: its ReLU units dead; no-signal: conv1's output drowned by the biases)."]
     return "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,7 @@ from alexnet_mp.config import ModelConfig, TrainConfig, from_dict
 from alexnet_mp.errors import CheckpointError
 from alexnet_mp.files import atomic_write
 from alexnet_mp.model.arch import canonical_shapes, columns_of
+from alexnet_mp.model.layers import state_fits, stream_seed
 
 # What a training checkpoint needs besides its weights to continue a run exactly.
 RESUME_KEYS = {"optimizer": dict, "lr_scheduler": dict, "epoch": int, "step": int, "sampler": dict, "rng": list}
@@ -137,6 +138,14 @@ def _cuda_devices(model):
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
+def _stream_devices(model):
+    """{column: the device its dropout draws on}: a column's layers share one device."""
+    columns = getattr(model, "columns", None)
+    if isinstance(columns, torch.nn.ModuleList):        # the split placements' ColumnNet
+        return {col.index: next(col.parameters()).device for col in columns}
+    return dict.fromkeys(model.streams.seeds, next(model.parameters()).device)
+
+
 def rng_state(model):
     """Every generator a training step draws from, in types that weights_only loading
     accepts: torch's CPU generator, the generator of every CUDA device the model uses,
@@ -148,12 +157,30 @@ def rng_state(model):
             "columns": model.stream_state_dict()}
 
 
-def set_rng_state(state, model):
+def set_rng_state(state, model, step=0):
+    """Restore `rng_state`'s generators; returns None, or the line to log when some could not be.
+
+    The CPU, numpy and python generators move anywhere. A device's generator state is
+    its device type's own: the dropout streams and CUDA generators of a run saved on
+    another device type (a GPU run resumed on the CPU, or the reverse) are reseeded
+    from (seed, replica, column, step) instead, the same on every such resume."""
     torch.set_rng_state(state["torch"])
     random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    streams = model.streams
+    reseeded = [f"column {c}'s dropout stream"
+                for c in streams.load_state_dict(state.get("columns", {}), step, _stream_devices(model))]
     for index in _cuda_devices(model):
-        if str(index) in state.get("cuda", {}):
-            torch.cuda.set_rng_state(state["cuda"][str(index)], index)
-    model.load_stream_state_dict(state.get("columns", {}))
+        saved = state.get("cuda", {}).get(str(index))
+        if state_fits(saved, torch.device("cuda", index)):
+            torch.cuda.set_rng_state(saved, index)
+        else:
+            torch.cuda.default_generators[index].manual_seed(
+                stream_seed(streams.seed, streams.replica, min(streams.seeds), step, device_index=index))
+            reseeded.append(f"cuda:{index}'s generator")
+    if not reseeded:
+        return None
+    return (f"the checkpoint's random state was saved on another device type: {', '.join(reseeded)} "
+            f"reseeded from (seed, replica, column, step {step}); weights, velocity, schedule and sampler "
+            f"continue exactly, the dropout masks from here on differ from an uninterrupted run's")

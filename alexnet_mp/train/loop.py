@@ -32,6 +32,8 @@ from alexnet_mp.eval.tencrop import errors, gather, predict
 from alexnet_mp.train import checkpoint as ckpt_io
 from alexnet_mp.train import preflight
 from alexnet_mp.train.report import log_step, metrics_writer
+from alexnet_mp.train.diagnose import StuckWatch
+from alexnet_mp.train.health import Health
 from alexnet_mp.train.numerics import amp_note, configure
 from alexnet_mp.train.optim import LRSchedule, PaperSGD, param_groups, set_lr
 from alexnet_mp.train.state import TrainState, resume, save_checkpoint
@@ -88,6 +90,7 @@ class Parts:
     sampler: object
     transform: object
     steps_per_epoch: int
+    health: Health = None          # conv1..fc7's figures, measured on the steps that log
     write_metric: object = None    # made after resuming: it cuts metrics.jsonl back to the checkpoint
 
 
@@ -97,6 +100,9 @@ class Meter:
     last_save: float = field(default_factory=time.time)
     mean_loss: float = float("nan")
     rate: float = float("nan")
+    watch: StuckWatch = None       # says once why a run sits at chance, where the health figures show it
+    window: object = None          # rank 0's losses since the last log step, summed on the device
+    window_steps: int = 0
 
 
 @dataclass
@@ -173,7 +179,7 @@ def build_parts(opts, cfg, run, classes):
     net = _build_net(run, len(classes["classes"]), cfg)
     loader, sampler, transform = train_loader(opts.data_path, cfg.batch_size, opts.workers, cfg.seed,
                                               run.replicas, run.replica, cfg.pca_std, cfg.model.input_scale,
-                                              pin_memory=run.device.type == "cuda")
+                                              pin_memory=run.device.type == "cuda", crop=cfg.model.crop)
     steps_per_epoch = len(sampler.indices()) // cfg.batch_size
     if steps_per_epoch == 0:
         raise TrainingError(f"{opts.data_path} has {sampler.size} training images, fewer than one batch of "
@@ -181,7 +187,8 @@ def build_parts(opts, cfg, run, classes):
     return Parts(classes=classes, data_path=opts.data_path, net=net, model=net,
                  optimizer=PaperSGD(param_groups(net, cfg.weight_decay, cfg.decay_biases), cfg.lr, cfg.momentum),
                  schedule=LRSchedule(cfg.lr, cfg.plateau_patience, cfg.lr_drop, cfg.max_lr_drops, cfg.lr_steps),
-                 loader=loader, sampler=sampler, transform=transform, steps_per_epoch=steps_per_epoch)
+                 loader=loader, sampler=sampler, transform=transform, steps_per_epoch=steps_per_epoch,
+                 health=Health(net))
 
 
 def build_job(opts, cfg, run, classes, start=None):
@@ -196,7 +203,7 @@ def build_job(opts, cfg, run, classes, start=None):
     parts.write_metric = metrics_writer(os.path.join(opts.output_dir, "metrics.jsonl"), run, state)
     # After loading: DDP starts by copying replica 0's weights to the others.
     parts.model = apply_data_parallel(parts.net, run.topology)
-    return Training(run, opts, cfg, parts, state, Meter())
+    return Training(run, opts, cfg, parts, state, Meter(watch=StuckWatch(len(classes["classes"]))))
 
 
 def train_one_epoch(job, epoch, stop):
@@ -211,13 +218,17 @@ def train_one_epoch(job, epoch, stop):
     for images, labels in parts.loader:
         data_time = time.time() - t_data
         x, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        log_due = (clock["done"] + 1) % opts.print_freq == 0 or clock["done"] + 1 == parts.steps_per_epoch
+        stop_at = bool(opts.stop_at_step) and state.step + 1 >= opts.stop_at_step
+        if log_due and job.run.main:
+            parts.health.arm()              # measured on the device; read at the log step below
         loss, logits = train_step(parts.model, parts.optimizer, x, y, opts.amp)
+        job.meter.window = loss if job.meter.window is None else job.meter.window + loss   # no host read
+        job.meter.window_steps += 1
         state.step += 1
         clock["done"] += 1
         clock["steps"] += 1
         parts.sampler.start += batch
-        log_due = clock["done"] % opts.print_freq == 0 or clock["done"] == parts.steps_per_epoch
-        stop_at = bool(opts.stop_at_step) and state.step >= opts.stop_at_step
         if log_due or stop_at:              # the only host synchronisation of a step
             stop_vote, due_vote = sync_step(job, loss, stop)
             if log_due:
@@ -268,7 +279,7 @@ def validate(job):
     run, model = job.run, job.parts.net
     loader, _ = eval_loader(job.parts.data_path, "val", job.cfg.batch_size, job.opts.workers, crops=1,
                             replicas=run.replicas, replica=run.replica, input_scale=model.config.input_scale,
-                            pin_memory=run.device.type == "cuda")
+                            pin_memory=run.device.type == "cuda", crop=model.config.crop)
     result = gather(predict(model, loader, input_device(model), crops=1, counts_here=run.column == 0,
                             amp=job.opts.amp))
     return errors(result)

@@ -5,9 +5,18 @@ TF32 on Ampere and newer GPUs while matmuls stay float32, so conv1..conv5 would
 silently lose 13 mantissa bits. `configure` makes both full float32 unless
 `--tf32` asks for the speed mode; `--amp bf16` is the other opt-in speed mode.
 Both are listed in the README's table of deviations.
+
+The flags are set through the legacy API only (`torch.backends.cudnn.allow_tf32`,
+`torch.set_float32_matmul_precision`), which every torch from 2.6 to 2.14 has and
+whose setters also set the newer `fp32_precision` attributes to match: both
+views then agree, and nothing that reads either raises. Setting only the new
+attributes leaves the legacy flags behind, and torch refuses to read a legacy
+flag that disagrees (inductor and dynamo read them: `torch.backends.cudnn.allow_tf32`
+raises in the float32 mode, the matmul precision under --tf32).
 """
 import contextlib
 import os
+import warnings
 
 import torch
 
@@ -16,9 +25,7 @@ AMP_DTYPES = {"bf16": torch.bfloat16}
 
 def configure(device, tf32=False, deterministic=False):
     """Set the global flags for a run on `device`; returns the deviations, as words, to print."""
-    precision = "tf32" if tf32 else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = precision
-    torch.backends.cudnn.conv.fp32_precision = precision
+    set_tf32(tf32)
     if deterministic:
         # cuBLAS needs a fixed workspace to give the same sums every time; it reads
         # the variable when it starts, so set it before the first matmul.
@@ -30,6 +37,16 @@ def configure(device, tf32=False, deterministic=False):
     # Autotuning picks the fastest kernels per shape; they may differ run to run.
     torch.backends.cudnn.benchmark = torch.device(device).type == "cuda" and not deterministic
     return ["TF32 convolutions and matmuls (--tf32)"] if tf32 else []
+
+
+def set_tf32(on):
+    """TF32 for cudnn's convolutions and cuBLAS's matmuls, or full float32 for both."""
+    with warnings.catch_warnings():
+        # torch 2.9 to 2.11 warn once that the legacy API will be deprecated; it is the one
+        # they and torch 2.6 to 2.14 all read without raising (see the module docstring).
+        warnings.filterwarnings("ignore", message="Please use the new API settings to control TF32")
+        torch.backends.cudnn.allow_tf32 = on
+        torch.set_float32_matmul_precision("high" if on else "highest")
 
 
 def autocast(device, amp):

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from alexnet_mp.data.store import Store
 from alexnet_mp.data.storecheck import read_stats
 from alexnet_mp.errors import UsageError
-from alexnet_mp.files import claim
+from alexnet_mp.files import claim, write_target
 from alexnet_mp.model.arch import canonical_shapes
 
 OUTPUT_FILES = ("checkpoint.pt", "model_best.pt", "metrics.jsonl")
@@ -61,9 +61,11 @@ def check_output_dir(opts, num_classes, log):
     if not opts.resume and os.path.isfile(ckpt):
         raise UsageError(f"{out} already holds the checkpoint.pt of a run: continue it with --resume auto, "
                          f"or choose another --output-dir (a fresh run would overwrite it)")
-    need, free = 2 * checkpoint_bytes(num_classes), shutil.disk_usage(out).free
+    # checkpoint.pt may be a link to a bigger disk: the space that counts is where it lands.
+    landing = os.path.dirname(write_target(ckpt)[0])
+    need, free = 2 * checkpoint_bytes(num_classes), shutil.disk_usage(landing).free
     if free < need:
-        log(f"warning: {free / 2**30:.2f} GiB free in {out}, less than two checkpoints need "
+        log(f"warning: {free / 2**30:.2f} GiB free in {landing}, less than two checkpoints need "
             f"({need / 2**30:.2f} GiB: checkpoint.pt is written beside the old one, and model_best.pt): "
             f"free some space or the first checkpoint may fail")
     return lock

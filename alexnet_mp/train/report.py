@@ -22,6 +22,17 @@ def log_step(job, clock, logits, y, data_time):
     lr = job.parts.schedule.lr
     record = {"epoch": epoch, "step": job.state.step, "loss": meter.mean_loss, "lr": lr,
               "img_per_s": meter.rate, "train_top1_err": top1, "train_top5_err": top5, "data_time": data_time}
+    window, steps = meter.window, meter.window_steps
+    meter.window, meter.window_steps = None, 0
+    if run.main:
+        record["health"] = job.parts.health.read(job.parts.optimizer)
+        # The diagnosis reads the mean loss since the last log step: one step's loss at batch 16
+        # swings by 0.3 around ln(C).
+        record["mean_loss_since_log"] = window.item() / steps
+        warning = meter.watch.update(job.state.step, record["mean_loss_since_log"], record["health"])
+        if warning:
+            run.log(warning)
+            record["stuck"] = meter.watch.cause
     run.log(f"Epoch: [{epoch}]  [{clock['done']:>{len(str(total))}}/{total}]  "
             f"eta: {datetime.timedelta(seconds=int(eta))}  lr: {lr:.6g}  "
             f"loss: {meter.mean_loss:.4f}  top1_err: {top1:.3f}  "

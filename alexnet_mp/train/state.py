@@ -71,10 +71,10 @@ def resume(opts, cfg, run, parts, state):
     parts.schedule.load_state_dict(saved["lr_scheduler"])
     parts.sampler.load_state_dict(saved["sampler"])
     rngs = saved["rng"]
-    if len(rngs) == run.world:       # another world size keeps its fresh streams
-        ckpt_io.set_rng_state(rngs[run.rank], parts.net)
+    # Another world size keeps its fresh streams; another device type reseeds some (the note says which).
+    note = ckpt_io.set_rng_state(rngs[run.rank], parts.net, saved["step"]) if len(rngs) == run.world else None
     state.load_state_dict(saved)
-    run.log(f"resumed from {path}: epoch {state.epoch}, step {state.step}")
+    run.log(f"resumed from {path}: epoch {state.epoch}, step {state.step}" + (f"; {note}" if note else ""))
 
 
 def checkpoint_state(opts, cfg, run, parts, state):

@@ -1,0 +1,78 @@
+"""Training health figures: equal to a recomputation from the test's own hooks, measured only when armed."""
+import numpy as np
+import pytest
+import torch
+
+from alexnet_mp import AlexNet, ModelConfig, two_device_alexnet
+from alexnet_mp.train.health import Health
+from alexnet_mp.train.optim import PaperSGD, param_groups
+from alexnet_mp.train.step import train_step
+
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+
+
+def _batch(n=4, classes=10):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3, 224, 224, generator=g) * 60, torch.randint(0, classes, (n,), generator=g)
+
+
+def _reference(outputs, modules, optimizer):
+    """The three figures from the layers' raw outputs, in numpy: per map (conv) or neuron (fc),
+    dead when not positive anywhere in the batch; RMS after the ReLU; RMS(velocity) / RMS(weight)."""
+    ref = {}
+    for name in LAYERS:
+        parts = [o.numpy().astype(np.float64) for o in outputs[name]]
+        dead = total = sq = count = 0
+        for o in parts:
+            units = o.transpose(1, 0, *range(2, o.ndim)).reshape(o.shape[1], -1)
+            dead += int((units.max(axis=1) <= 0).sum())
+            total += units.shape[0]
+            sq += (np.maximum(o, 0) ** 2).sum()
+            count += o.size
+        w = np.concatenate([m.weight.detach().numpy().ravel() for m in modules[name]]).astype(np.float64)
+        v = np.concatenate([optimizer.state[m.weight]["velocity"].numpy().ravel()
+                            for m in modules[name]]).astype(np.float64)
+        ref[name] = {"dead": dead / total, "rms": np.sqrt(sq / count),
+                     "update_ratio": np.sqrt((v ** 2).mean()) / np.sqrt((w ** 2).mean())}
+    return ref
+
+
+@pytest.mark.parametrize("placement", ["grouped", "two-device"])
+def test_health_figures_equal_a_recomputation_from_hooks(placement):
+    """A mismatch points to the unit a figure counts (a map, not a position), to the columns of
+    a split placement not being pooled, or to the update taken from something other than the velocity."""
+    cfg = ModelConfig(num_classes=10, dropout=0.0)
+    net = (AlexNet(10, seed=0, config=cfg) if placement == "grouped"
+           else two_device_alexnet(("cpu", "cpu"), 10, seed=0, config=cfg))
+    with torch.no_grad():              # kill a third of conv3's maps: a dead fraction that is not 0
+        for m in (net.conv3,) if placement == "grouped" else [c.conv3 for c in net.columns]:
+            m.bias[::3] = -1e4
+    health = Health(net)
+    modules = health.modules
+    outputs = {name: [] for name in LAYERS}
+    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: outputs[name].append(o.detach().clone()))
+             for name in LAYERS for m in modules[name]]
+    optimizer = PaperSGD(param_groups(net, 5e-4), lr=0.01)
+    x, y = _batch()
+    train_step(net.train(), optimizer, x, y)            # a first step: the velocity is not zero after it
+    for o in outputs.values():
+        o.clear()
+    health.arm()
+    train_step(net, optimizer, x, y)
+    got = health.read(optimizer)
+    for h in hooks:
+        h.remove()
+    ref = _reference(outputs, modules, optimizer)
+    assert got["conv3"]["dead"] == pytest.approx(ref["conv3"]["dead"]) and ref["conv3"]["dead"] > 0.3
+    for name in LAYERS:
+        for key in ("dead", "rms", "update_ratio"):
+            assert got[name][key] == pytest.approx(ref[name][key], rel=1e-4, abs=1e-7), (name, key)
+
+
+def test_an_unarmed_step_measures_nothing():
+    net = AlexNet(10, seed=0)
+    health = Health(net)
+    optimizer = PaperSGD(param_groups(net, 5e-4), lr=0.01)
+    x, y = _batch(2)
+    train_step(net.train(), optimizer, x, y)
+    assert health.read(optimizer) == {} and health._sums == {}
