@@ -22,6 +22,16 @@ INIT_CHOICES = ("paper", "torch")
 INPUT_SCALE_CHOICES = ("raw", "unit")
 
 
+# Fields no training switch sets: an imported network's (tools/import_caffe.py: Caffe's LRN,
+# its 227 crop). A resumed run takes them from its checkpoint, and compares the rest.
+IMPORTED_FIELDS = ("lrn_size", "lrn_alpha", "lrn_beta", "lrn_k", "pool_stride", "crop", "lrn_across_columns")
+
+
+def grouped_only(model):
+    """Whether the network `model` describes runs only in the grouped placement (see check_placement)."""
+    return model.columns != ModelConfig.columns or model.lrn_across_columns
+
+
 def check_placement(columns, placement, lrn_across_columns=False):
     """The one-column net exists only grouped: the split placements hold exactly two columns (§3.2).
     So does an LRN whose window crosses the columns (Caffe's bvlc_alexnet): split, each column

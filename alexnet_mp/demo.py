@@ -49,7 +49,7 @@ def run_demo(opts, log=print):
                   checkpoint_minutes=0, print_freq=10), demo_config(opts), log)
     best = os.path.join(opts.output_dir, "model_best.pt")
     state = load(best)
-    run = Run(None, log, columns=model_config(state).columns)
+    run = Run(None, log, model=model_config(state))
     try:
         done = evaluate(EvalOptions(best, store, batch_size=16, workers=opts.workers), run, state)
     finally:

@@ -402,7 +402,7 @@ def _job(checkpoint, store, out):
     from alexnet_mp.train.weights import weights_config
     start = ckpt_io.load(str(checkpoint))
     cfg = weights_config(start, str(checkpoint), TrainConfig(batch_size=4))
-    run = Run(None, log=lambda *a: None, columns=cfg.model.columns)
+    run = Run(None, log=lambda *a: None, model=cfg.model)
     opts = Options(data_path=store, output_dir=str(out), weights=str(checkpoint), workers=0)
     try:
         return build_job(opts, cfg, run, read_classes(store), start), start
@@ -439,9 +439,6 @@ def test_fine_tune_from_our_own_checkpoint_with_the_same_classes_keeps_fc8(tiny_
     assert job.parts.transform.size == 224
 
 
-@pytest.mark.xfail(strict=True, reason="train/state.py resume() compares the variant before it checks that the "
-                   "checkpoint can be resumed, and says 'resume with its flags': the import has no optimizer state, "
-                   "and no flags set lrn_k, lrn_across_columns or crop")
 def test_resume_from_the_import_says_to_use_weights(caffe10, tiny_store, tmp_path, capsys):
     from alexnet_mp.cli.train import main
     code = main(["--resume", str(caffe10.checkpoint), "--data-path", tiny_store, "--output-dir",
@@ -472,13 +469,10 @@ def test_train_weights_end_to_end_on_six_classes(caffe10, tmp_path):
 
 # slow: as above, then one more epoch resumed
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="train/state.py resume() compares the saved variant with the flags' "
-                   "(model_differences), and no flag sets lrn_k, lrn_across_columns or crop: a fine-tune of the "
-                   "import cannot be resumed")
 def test_a_fine_tune_of_the_import_resumes(caffe10, tmp_path):
     store, out = fine_tune(caffe10, tmp_path)
     proc = run_script(["tools/train.py", "--resume", "auto", "--data-path", store, "--output-dir", str(out),
                        "--epochs", "2", "-b", "6", "-j", "0", "--lr", "1e-5"])
-    assert "was trained as another variant" not in proc.stderr, proc.stderr      # the defect, as it shows
+    assert "was trained as another variant" not in proc.stderr, proc.stderr
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2

@@ -104,7 +104,7 @@ def test_class_list_keeps_human_names_from_a_mapping_file(quirky_tree, tmp_path)
     prepare(str(quirky_tree), str(tmp_path / "named"), workers=1, names_file=str(names), log=lambda *a: None)
     meta = read_classes(str(tmp_path / "named"))
     assert meta == {"classes": ["a", "b"], "names": {"a": "first class, alias", "b": "second class"},
-                    "source": str(quirky_tree)}
+                    "source": str(quirky_tree), "exif_orientation": True}
 
 
 def test_rerun_does_no_work(quirky_tree, store):

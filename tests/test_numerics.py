@@ -223,7 +223,8 @@ def restore_precision(monkeypatch):
     flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     legacy = {}
-    for key, read in (("matmul", torch.get_float32_matmul_precision), ("cudnn", lambda: torch.backends.cudnn.allow_tf32)):
+    for key, read in (("matmul", torch.get_float32_matmul_precision),
+                      ("cudnn", lambda: torch.backends.cudnn.allow_tf32)):
         try:
             legacy[key] = read()
         except RuntimeError:        # a state mixed by the new API before this test: left to the new view

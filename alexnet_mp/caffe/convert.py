@@ -126,7 +126,7 @@ def check_weight_layer(arch, layer, path):
 
 def _one_setting(path, layers, keys, what):
     """The single setting that all of `layers` (the two LRNs, the three pools, the two dropouts) share."""
-    settings = {tuple(lay.params[k] for k in keys) for lay in layers}
+    settings = {tuple(lay.params.get(k) for k in keys) for lay in layers}
     if len(settings) > 1:
         raise CaffeError(f"{path}: the {what} layers {', '.join(repr(lay.name) for lay in layers)} differ in "
                          f"{'/'.join(keys)}: this network has one setting for all of them")

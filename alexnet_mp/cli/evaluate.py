@@ -50,7 +50,7 @@ def main(argv=None):
     args = parse_args(argv)
     Store(args.data_path, args.split)  # the store's checks take milliseconds, the checkpoint's load seconds
     state = load(args.checkpoint)      # its variant decides the placement: the 1-column net is grouped only
-    run = Run(args.devices, columns=model_config(state).columns)
+    run = Run(args.devices, model=model_config(state))
     opts = EvalOptions(args.checkpoint, args.data_path, args.split, args.crops, args.batch_size, args.workers,
                        args.amp, args.tf32)
     try:

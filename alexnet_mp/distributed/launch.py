@@ -15,7 +15,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from alexnet_mp.config import check_placement
+from alexnet_mp.config import check_placement, grouped_only
 from alexnet_mp.errors import LaunchError
 from alexnet_mp.distributed.parallel import Topology, check_world
 from alexnet_mp.model.arch import COLUMNS
@@ -95,16 +95,17 @@ def torchrun_wanted(devices):
     return kinds.pop()
 
 
-def choose_placement(devices=None, cuda_count=None, warn=print, columns=None):
+def choose_placement(devices=None, cuda_count=None, warn=print, model=None):
     """Pick what can run in one process: ("two-device"|"grouped", [device names]).
 
     Requested placements that cannot be hosted fall back to the nearest one that
-    can, with a one-line warning, instead of crashing. The one-column net
-    (`columns=1`) is grouped only: asked for in another placement, it is refused.
+    can, with a one-line warning, instead of crashing. A network that runs grouped
+    only (`model`: the one-column net, or an LRN across the columns) gets the
+    grouped placement, and is refused in another one asked for.
     """
     n = torch.cuda.device_count() if cuda_count is None else cuda_count
-    if columns not in (None, COLUMNS):
-        check_placement(columns, "two-device" if devices else "grouped")
+    if model is not None and grouped_only(model):
+        check_placement(model.columns, "two-device" if devices else "grouped", model.lrn_across_columns)
         return "grouped", ["cuda:0" if n else "cpu"]
     if devices:
         wanted = [d.strip() for d in devices.split(",") if d.strip()]
@@ -176,7 +177,8 @@ def _listening(host, port):
 class Run:
     """Where this process sits: placement, rank, replica, and whether it speaks."""
 
-    def __init__(self, devices=None, log=print, columns=None):
+    def __init__(self, devices=None, log=print, model=None):
+        """`model`: the ModelConfig of the network to place (a grouped-only one is placed grouped)."""
         env = torchrun_env()
         self.rank, self.world, local_rank = env or (0, 1, 0)
         self.distributed = env is not None
@@ -185,11 +187,12 @@ class Run:
         backend, self.topology = None, None
         if self.distributed:
             check_world(self.world)
-            check_placement(columns or COLUMNS, "rank")
+            if model is not None:
+                check_placement(model.columns, "rank", model.lrn_across_columns)
             backend = self._join(devices, local_rank)
             self.topology = Topology()       # the pair and same-column groups, made once per job
         else:
-            self.placement, self.devices = choose_placement(devices, warn=self.log, columns=columns)
+            self.placement, self.devices = choose_placement(devices, warn=self.log, model=model)
         self.replicas = self.world // COLUMNS if self.distributed else 1
         self.replica = self.rank // COLUMNS if self.distributed else 0
         self.column = self.rank % COLUMNS if self.distributed else 0

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 
+from alexnet_mp import config
 from alexnet_mp.distributed.launch import Run
 from alexnet_mp.errors import UsageError
 from alexnet_mp.eval.run import EvalOptions, evaluate
@@ -34,7 +35,8 @@ def finished(folder):
 
 
 def grouped_only(variant):
-    return variant.config(PAPER).model.columns != PAPER.model.columns
+    """Whether the variant's network runs only in the grouped placement (the one-column net)."""
+    return config.grouped_only(variant.config(PAPER).model)
 
 
 def finished_runs(out):
@@ -111,7 +113,7 @@ def evaluate_run(plan, variant, folder):
     devices = plan.devices if not grouped_only(variant) else None
     try:
         state = ckpt_io.load(path)
-        run = Run(devices, columns=ckpt_io.model_config(state).columns)
+        run = Run(devices, model=ckpt_io.model_config(state))
         try:
             done = evaluate(EvalOptions(path, plan.store, batch_size=plan.eval_batch_size, workers=plan.workers),
                             run, state)

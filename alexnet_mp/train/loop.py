@@ -36,7 +36,7 @@ from alexnet_mp.train.diagnose import StuckWatch
 from alexnet_mp.train.health import Health
 from alexnet_mp.train.numerics import amp_note, configure
 from alexnet_mp.train.optim import LRSchedule, PaperSGD, param_groups, set_lr
-from alexnet_mp.train.state import TrainState, resume, save_checkpoint
+from alexnet_mp.train.state import TrainState, load_resume, resume, save_checkpoint
 from alexnet_mp.train.step import train_step
 from alexnet_mp.train.weights import start_from_weights, weights_config
 
@@ -130,28 +130,29 @@ class Training:
 
 def train(opts, cfg, log=print):
     """Run the training job; returns a `Result`. The output dir stays locked while it runs."""
+    if opts.weights and opts.resume:
+        raise TrainingError(f"--weights starts a fresh run and --resume continues one: pass one of them "
+                            f"(--resume {opts.resume} carries its own weights)")
     start = ckpt_io.load(opts.weights) if opts.weights else None
     if start is not None:
-        if opts.resume:
-            raise TrainingError(f"--weights starts a fresh run and --resume continues one: pass one of them "
-                                f"(--resume {opts.resume} carries its own weights)")
         cfg = weights_config(start, opts.weights, cfg)
-    run = Run(opts.devices, log, columns=cfg.model.columns)
+    saved, cfg = load_resume(opts, cfg)
+    run = Run(opts.devices, log, model=cfg.model)
     lock = None
     try:
         classes = read_classes(opts.data_path)
         lock = preflight.check(opts, run, len(classes["classes"]))
-        return run_job(opts, cfg, run, classes, start)
+        return run_job(opts, cfg, run, classes, start, saved)
     finally:
         if lock is not None:
             lock.release()
         run.close()
 
 
-def run_job(opts, cfg, run, classes, start=None):
+def run_job(opts, cfg, run, classes, start=None, saved=None):
     for note in configure(run.device, opts.tf32, opts.deterministic) + amp_note(opts.amp):
         run.log(f"speed mode, departs from the paper's float32 arithmetic: {note}")
-    job = build_job(opts, cfg, run, classes, start)
+    job = build_job(opts, cfg, run, classes, start, saved)
     stop = StopFlag()
     try:
         for epoch in range(job.state.epoch, cfg.epochs):
@@ -191,14 +192,15 @@ def build_parts(opts, cfg, run, classes):
                  health=Health(net))
 
 
-def build_job(opts, cfg, run, classes, start=None):
-    """The parts, resumed (or started from the --weights checkpoint `start`), with the metrics
-    writer and DDP applied."""
+def build_job(opts, cfg, run, classes, start=None, saved=None):
+    """The parts, resumed from `saved` (or started from the --weights checkpoint `start`), with
+    the metrics writer and DDP applied."""
     parts, state = build_parts(opts, cfg, run, classes), TrainState()
     os.makedirs(opts.output_dir, exist_ok=True)
     if start is not None:
         start_from_weights(start, opts.weights, parts, run)
-    resume(opts, cfg, run, parts, state)
+    if saved is not None:
+        resume(saved, opts, run, parts, state)
     set_lr(parts.optimizer, parts.schedule.lr)
     parts.write_metric = metrics_writer(os.path.join(opts.output_dir, "metrics.jsonl"), run, state)
     # After loading: DDP starts by copying replica 0's weights to the others.

@@ -10,11 +10,11 @@ states; the other replicas hold the same weights and send nothing.
 """
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from alexnet_mp.config import TrainConfig, from_dict, model_differences, to_dict
+from alexnet_mp.config import IMPORTED_FIELDS, model_differences, to_dict
 from alexnet_mp.errors import TrainingError
 from alexnet_mp.train import checkpoint as ckpt_io
 from alexnet_mp.train.optim import load_velocity, velocity_state
@@ -45,26 +45,35 @@ def resume_path(opts):
     return opts.resume
 
 
-def _check_same_variant(state, model_cfg, path):
+def _check_same_variant(saved, model_cfg, path):
     """A resumed run keeps its network: LRN or pooling flags that changed would go unnoticed."""
-    if isinstance(state.get("config"), dict):
-        changed = model_differences(from_dict(TrainConfig, state["config"]).model, model_cfg)
-        if changed:
-            raise TrainingError(f"{path} was trained as another variant ({'; '.join(changed)}): "
-                                f"resume with its flags, or train into a new --output-dir")
+    changed = model_differences(ckpt_io.model_config(saved), model_cfg)
+    if changed:
+        raise TrainingError(f"{path} was trained as another variant ({'; '.join(changed)}): "
+                            f"resume with its flags, or train into a new --output-dir")
 
 
-def resume(opts, cfg, run, parts, state):
-    """Continue from --resume: the weights, then every part's own state and the `TrainState`."""
+def load_resume(opts, cfg):
+    """(the --resume checkpoint or None, `cfg` with the checkpoint's imported fields): checked
+    before anything is built, so the placement can follow the checkpoint's network."""
     path = resume_path(opts)
     if not path:
-        return
+        return None, cfg
     saved = ckpt_io.load(path)
-    _check_same_variant(saved, cfg.model, path)     # the network first: the likelier mistake
     if ckpt_io.model_state(saved) is saved:
         raise TrainingError(f"--resume {path} is a bare state dict (weights only), which has no run to continue: "
                             f"start a fresh run from its weights with --weights {path}")
+    theirs = ckpt_io.model_config(saved)
+    cfg = replace(cfg, model=replace(cfg.model, **{f: getattr(theirs, f) for f in IMPORTED_FIELDS}))
+    _check_same_variant(saved, cfg.model, path)     # the network first: the likelier mistake
     ckpt_io.check_resumable(saved, path)
+    return saved, cfg
+
+
+def resume(saved, opts, run, parts, state):
+    """Continue from the loaded --resume checkpoint: the weights, then every part's own state
+    and the `TrainState`."""
+    path = resume_path(opts)
     ckpt_io.check_classes(saved["model"], len(parts.classes["classes"]), path, parts.data_path)
     parts.net.load_canonical_state_dict(saved["model"])
     load_velocity(parts.net, parts.optimizer, saved["optimizer"]["velocity"])
