@@ -66,7 +66,8 @@ def test_health_figures_equal_a_recomputation_from_hooks(placement):
     assert got["conv3"]["dead"] == pytest.approx(ref["conv3"]["dead"]) and ref["conv3"]["dead"] > 0.3
     for name in LAYERS:
         for key in ("dead", "rms", "update_ratio"):
-            assert got[name][key] == pytest.approx(ref[name][key], rel=1e-4, abs=1e-7), (name, key)
+            # float32 sums over fc6's 38 M weights drift by a few 1e-4 from numpy's float64
+            assert got[name][key] == pytest.approx(ref[name][key], rel=1e-3, abs=1e-7), (name, key)
 
 
 def test_an_unarmed_step_measures_nothing():
@@ -75,4 +76,4 @@ def test_an_unarmed_step_measures_nothing():
     optimizer = PaperSGD(param_groups(net, 5e-4), lr=0.01)
     x, y = _batch(2)
     train_step(net.train(), optimizer, x, y)
-    assert health.read(optimizer) == {} and health._sums == {}
+    assert health.read(optimizer) == {} and health._outputs == {}

@@ -28,7 +28,7 @@ from alexnet_mp.model.net import AlexNet
 from alexnet_mp.train.numerics import autocast
 from alexnet_mp.train.optim import PaperSGD, param_groups
 
-SECTIONS = ("model", "tworank", "tencrop", "data", "lrn", "scaling", "caffe")
+SECTIONS = ("model", "tworank", "tencrop", "data", "lrn", "health", "scaling", "caffe")
 
 
 def bench_models(args, device):

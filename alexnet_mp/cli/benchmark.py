@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from alexnet_mp.bench.health import bench_health
 from alexnet_mp.bench.scaling import PAIRS, bench_scaling, scaling_rows
 from alexnet_mp.bench.sections import (SECTIONS, bench_caffe, bench_data, bench_lrn, bench_models, bench_tencrop,
                                        bench_tworank, tworank_label)
@@ -72,7 +73,8 @@ def main(argv=None):
     print(f"device {res['device']}, {res['threads']} threads, batch {cfg.batch_size}, torch {torch.__version__}"
           + "".join(f"  [{n}: speed mode, departs from the paper]" for n in notes))
     for section, report in (("model", report_models), ("tencrop", report_tencrop), ("data", report_data),
-                            ("lrn", report_lrn), ("scaling", report_scaling), ("caffe", report_caffe)):
+                            ("lrn", report_lrn), ("health", report_health), ("scaling", report_scaling),
+                            ("caffe", report_caffe)):
         if section in cfg.sections or (section == "model" and "tworank" in cfg.sections):
             report(cfg, device, res)
     if args.json:
@@ -124,6 +126,14 @@ def report_lrn(cfg, device, res):
           f"{100 * res['lrn_share_of_train_step']:.1f}% of a grouped training step")
     if status["failure"]:
         print(f"    {status['failure']}")
+
+
+def report_health(cfg, device, res):
+    share, figures = bench_health(cfg, device, print_freq=10)
+    res["health_overhead_at_print_freq_10"] = share
+    print(f"\n(h) training health figures (dead ReLU units, RMS, update ratio) at --print-freq 10: "
+          f"{100 * share:+.1f}% of the time of 10 grouped training steps"
+          + (f" (conv1's RMS {figures['conv1']['rms']:.3g})" if figures else ""))
 
 
 def report_data(cfg, device, res):

@@ -12,8 +12,9 @@ For each layer, on the logged step's batch:
   rewrites the layer.
 
 The figures are gathered only on a step that logs: forward hooks armed for that
-step reduce on the device, and the log step's one host read (which a log step
-makes anyway) brings them back. A step that does not log runs no extra op and
+step keep the layers' outputs (which the in-place ReLU makes the layers' ReLU
+outputs), they are reduced on the device after the step, and the log step's one
+host read (which a log step makes anyway) brings them back. A step that does not log runs no extra op and
 reads nothing, and no collective is added: under torchrun rank 0 reports the
 column(s) it holds.
 """
@@ -36,44 +37,47 @@ class Health:
 
     def __init__(self, net):
         self.modules = layer_modules(net)
-        self.armed, self._sums = False, {}
+        self.armed, self._outputs = False, {}
         self._handles = [m.register_forward_hook(self._hook(name))
                          for name, ms in self.modules.items() for m in ms]
 
     def _hook(self, name):
-        def measure(module, inputs, out):
-            if not self.armed:
-                return
-            with torch.no_grad():
-                o = out.detach().float()
-                over = (0,) + tuple(range(2, o.dim()))      # examples, and positions of a map
-                alive = (o > 0).any(dim=over)
-                relu = o.clamp_min(0)
-                sums = torch.stack([(~alive).sum().float(), torch.tensor(float(alive.numel()), device=o.device),
-                                    relu.pow(2).sum(), torch.tensor(float(relu.numel()), device=o.device)])
-                self._sums.setdefault(name, []).append(sums)
-        return measure
+        def keep(module, inputs, out):
+            # The run's in-place ReLU turns this very tensor into the layer's output (run_layer),
+            # so it is read after the step: no copy, and nothing computed during the step.
+            if self.armed:
+                self._outputs.setdefault(name, []).append(out)
+        return keep
 
     def arm(self):
         """Measure the next forward (the step that will log)."""
-        self.armed, self._sums = True, {}
+        self.armed, self._outputs = True, {}
 
     def read(self, optimizer):
         """{layer: {dead, rms, update_ratio}} of the armed forward and the step after it (one host read)."""
-        self.armed = False
-        if not self._sums:
+        self.armed, outputs, self._outputs = False, self._outputs, {}
+        if not outputs:
             return {}
-        names = [n for n in self.modules if n in self._sums]
+        names = [n for n in self.modules if n in outputs]
+        device = outputs[names[0]][0].device
         rows = []
-        for name in names:
-            s = torch.stack([t.to(self._sums[names[0]][0].device) for t in self._sums[name]]).sum(0)
-            w2 = v2 = 0.0
-            for m in self.modules[name]:
-                w = m.weight.detach().float()
-                v = optimizer.state.get(m.weight, {}).get("velocity")
-                w2 = w2 + w.pow(2).sum().to(s.device)
-                v2 = v2 + (v.float().pow(2).sum().to(s.device) if v is not None else torch.zeros((), device=s.device))
-            rows.append(torch.stack([s[0] / s[1], (s[2] / s[3]).sqrt(), (v2 / w2).sqrt()]))
+        with torch.no_grad():
+            for name in names:
+                dead = units = square = count = 0
+                for out in outputs[name]:
+                    over = (0,) + tuple(range(2, out.dim()))          # examples, and positions of a map
+                    dead = dead + (out.amax(dim=over) <= 0).sum().to(device)
+                    units += out.shape[1]
+                    square = square + torch.linalg.vector_norm(out, dtype=torch.float32).square().to(device)
+                    count += out.numel()
+                weight = velocity = 0
+                for m in self.modules[name]:
+                    v = optimizer.state.get(m.weight, {}).get("velocity")
+                    weight = weight + torch.linalg.vector_norm(m.weight, dtype=torch.float32).square().to(device)
+                    if v is not None:
+                        velocity = velocity + torch.linalg.vector_norm(v, dtype=torch.float32).square().to(device)
+                rows.append(torch.stack([dead / units, (square / count).sqrt(),
+                                         (torch.as_tensor(velocity, device=device) / weight).sqrt()]))
         values = torch.stack(rows).cpu().tolist()
         return {name: dict(zip(FIGURES, row)) for name, row in zip(names, values)}
 
