@@ -301,7 +301,8 @@ def test_torchrun_restarts_a_killed_worker_and_carries_on_from_the_checkpoint(ti
 
 
 def _numerics():
-    return (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision,
+    """Read through the legacy API that `configure` sets (alexnet_mp.train.numerics)."""
+    return (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision(),
             torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
 
 
@@ -311,15 +312,16 @@ def restore_numerics(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     before = _numerics(), torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark
     yield
-    (conv, matmul, det, cudnn_det), warn_only, bench = before
-    torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+    (cudnn_tf32, matmul, det, cudnn_det), warn_only, bench = before
+    torch.backends.cudnn.allow_tf32 = cudnn_tf32
+    torch.set_float32_matmul_precision(matmul)
     torch.use_deterministic_algorithms(det, warn_only=warn_only)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_det, bench
 
 
-@pytest.mark.parametrize("flags, expected", [([], ("ieee", "ieee", False, False)),
-                                             (["--tf32"], ("tf32", "tf32", False, False)),
-                                             (["--deterministic"], ("ieee", "ieee", True, True))])
+@pytest.mark.parametrize("flags, expected", [([], (False, "highest", False, False)),
+                                             (["--tf32"], (True, "high", False, False)),
+                                             (["--deterministic"], (False, "highest", True, True))])
 def test_float32_is_the_default_and_only_tf32_changes_it(tiny_store, tmp_path, capsys, restore_numerics,
                                                          flags, expected):
     """torch 2.14 runs cudnn convolutions in TF32 unless told otherwise: training must undo
@@ -327,7 +329,7 @@ def test_float32_is_the_default_and_only_tf32_changes_it(tiny_store, tmp_path, c
     --deterministic turns on torch's deterministic algorithms (an error, not a warning, for
     an op without one) and cudnn's, and fixes cuBLAS's workspace."""
     from alexnet_mp.cli import train
-    torch.backends.cudnn.conv.fp32_precision = "tf32" if flags != ["--tf32"] else "ieee"
+    torch.backends.cudnn.allow_tf32 = flags != ["--tf32"]
     torch.use_deterministic_algorithms("--deterministic" not in flags, warn_only=True)
     torch.backends.cudnn.deterministic = "--deterministic" not in flags
     code = train.main(["--data-path", tiny_store, "--output-dir", str(tmp_path), "-b", "8", "-j", "0",

@@ -5,6 +5,7 @@ from alexnet_mp.data.loader import eval_loader
 from alexnet_mp.distributed.placement import input_device
 from alexnet_mp.eval.inference import load_for_inference
 from alexnet_mp.eval.tencrop import gather, predict, summary
+from alexnet_mp.model.layers import take_lrn_failure
 from alexnet_mp.train.checkpoint import model_config
 from alexnet_mp.train.numerics import amp_note, configure
 
@@ -47,6 +48,9 @@ def evaluate(opts, run, state):
                                               state=state, topology=run.topology)
     result = gather(predict(model, loader, input_device(model), opts.crops, log=run.log,
                             counts_here=run.column == 0, amp=opts.amp))
+    failure = take_lrn_failure()        # the fused LRN fell back: the evaluation says so in its output
+    if failure:
+        run.log(f"LRN: {failure}")
     return Evaluation(summary(result, classes, opts.checkpoint, opts.crops), result,
                       loader.dataset.store.files, classes)
 

@@ -120,7 +120,8 @@ def _fused(fn, which):
     batch, the map size, requires_grad and grad mode then never reach dynamo's
     guards, which left alone compiled 4 forward and 3 backward graphs for grouped
     training, evaluation and the one-column net, near the limit of 8 past which
-    `fullgraph=True` raises. What remains is one graph per device (and dtype).
+    `fullgraph=True` raises. What remains is one graph per device, dtype and state
+    of torch's global flags a run keeps (thread count, deterministic algorithms).
     """
     compiled = torch.compile(fn, fullgraph=True, backend=_counted(which))
 

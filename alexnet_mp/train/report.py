@@ -3,6 +3,7 @@ import datetime
 import time
 
 from alexnet_mp.eval.tencrop import topk_errors
+from alexnet_mp.model.layers import lrn_kernel_status, take_lrn_failure
 from alexnet_mp.train.metrics import open_metrics
 
 
@@ -37,4 +38,8 @@ def log_step(job, clock, logits, y, data_time):
             f"eta: {datetime.timedelta(seconds=int(eta))}  lr: {lr:.6g}  "
             f"loss: {meter.mean_loss:.4f}  top1_err: {top1:.3f}  "
             f"top5_err: {top5:.3f}  img/s: {meter.rate:.1f}  data: {data_time:.3f}")
+    failure = take_lrn_failure()            # the fused LRN fell back: said once, in the run's own output
+    if failure:
+        record["lrn_kernel"] = lrn_kernel_status()
+        run.log(f"LRN: {failure}")
     job.parts.write_metric(record)
