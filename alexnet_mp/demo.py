@@ -14,7 +14,7 @@ from alexnet_mp.distributed.launch import Run
 from alexnet_mp.eval.run import EvalOptions, evaluate, table
 from alexnet_mp.eval.visualize import run_figures
 from alexnet_mp.files import write_json
-from alexnet_mp.train.checkpoint import load, model_config
+from alexnet_mp.checkpoint import load, model_config
 from alexnet_mp.train.loop import Options, train
 
 # (field, value, paper's value, why): printed at start and listed in the README.

@@ -397,7 +397,7 @@ def six_class_store(base):
 def _job(checkpoint, store, out):
     """A --weights run's job as train() builds it, before its first step."""
     from alexnet_mp.distributed.launch import Run
-    from alexnet_mp.train import checkpoint as ckpt_io
+    from alexnet_mp import checkpoint as ckpt_io
     from alexnet_mp.train.loop import Options, build_job
     from alexnet_mp.train.weights import weights_config
     start = ckpt_io.load(str(checkpoint))

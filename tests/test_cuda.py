@@ -21,7 +21,7 @@ from alexnet_mp import AlexNet, ModelConfig, two_device_alexnet
 from alexnet_mp.bench.sections import bench_lrn, bench_models
 from alexnet_mp.bench.timing import BenchConfig, make_batch
 from alexnet_mp.files import write_json
-from alexnet_mp.train.numerics import configure
+from alexnet_mp.numerics import configure
 from alexnet_mp.train.optim import PaperSGD, param_groups
 from alexnet_mp.train.step import train_step
 from alexnet_mp.model.layers import column_lrn
@@ -53,7 +53,7 @@ def float32():
     """The paper's arithmetic for every comparison (TF32 off), and the CPU's settings afterwards.
 
     The flags go through `configure` both ways, on any supported torch: it sets the TF32
-    API that every one of them reads (alexnet_mp.train.numerics). Inductor caches whether
+    API that every one of them reads (alexnet_mp.numerics). Inductor caches whether
     triton works; a CPU test that compiled while conftest hid the GPUs would have cached
     False, so ask again."""
     import torch.utils._triton

@@ -124,3 +124,13 @@ def test_files_and_functions_stay_readable():
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 assert node.end_lineno - node.lineno + 1 <= 60, (name, node.name)
+
+
+def test_evaluation_and_everything_below_training_never_import_it():
+    """Training validates with `eval`; `eval`, `data`, `distributed` and the shared modules must
+    not need `train` back, or the layers would be one."""
+    known, edges = graph()
+    for name in known:
+        if name.split(".")[1:2] and name.split(".")[1] in ("eval", "data", "distributed", "model", "caffe",
+                                                            "checkpoint", "numerics", "files", "config"):
+            assert not [t for t in edges[name] if t.startswith("alexnet_mp.train")], name

@@ -256,7 +256,7 @@ def test_configure_sets_precision_that_every_reader_of_either_torch_api_reads_wi
     """Setting only the new fp32_precision attributes left the legacy flags behind: torch then
     refused to read cudnn.allow_tf32 (float32 mode) or the matmul precision (--tf32), and
     inductor and dynamo read both, so a compile on a GPU failed in either mode."""
-    from alexnet_mp.train.numerics import configure
+    from alexnet_mp.numerics import configure
     configure("cpu", tf32=tf32)
     assert torch.backends.cuda.matmul.allow_tf32 is tf32
     assert torch.backends.cudnn.allow_tf32 is tf32
@@ -282,7 +282,7 @@ def test_predict_and_visualize_run_in_float32_as_evaluate_does(tiny_store, tmp_p
     from alexnet_mp.cli import evaluate as evaluate_cli
     from alexnet_mp.cli import predict as predict_cli
     from alexnet_mp.cli import visualize as visualize_cli
-    from alexnet_mp.train.numerics import configure
+    from alexnet_mp.numerics import configure
     bare = str(tmp_path / "bare.pt")
     torch.save(AlexNet(NUM_CLASSES, seed=0).state_dict(), bare)
     query = _demo_images(tiny_store, 2)

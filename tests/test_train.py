@@ -301,7 +301,7 @@ def test_torchrun_restarts_a_killed_worker_and_carries_on_from_the_checkpoint(ti
 
 
 def _numerics():
-    """Read through the legacy API that `configure` sets (alexnet_mp.train.numerics)."""
+    """Read through the legacy API that `configure` sets (alexnet_mp.numerics)."""
     return (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision(),
             torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
 
@@ -343,7 +343,7 @@ def test_float32_is_the_default_and_only_tf32_changes_it(tiny_store, tmp_path, c
 
 
 def test_cudnn_autotunes_on_cuda_only_and_never_under_deterministic(restore_numerics):
-    from alexnet_mp.train.numerics import configure
+    from alexnet_mp.numerics import configure
     for device, deterministic, expected in (("cuda:0", False, True), ("cuda:0", True, False),
                                             ("cpu", False, False)):
         torch.backends.cudnn.benchmark = not expected

@@ -25,7 +25,7 @@ from alexnet_mp.eval.tencrop import predict
 from alexnet_mp.model.arch import COLUMNS
 from alexnet_mp.model.layers import lrn_kernel_status
 from alexnet_mp.model.net import AlexNet
-from alexnet_mp.train.numerics import autocast
+from alexnet_mp.numerics import autocast
 from alexnet_mp.train.optim import PaperSGD, param_groups
 
 SECTIONS = ("model", "tworank", "tencrop", "data", "lrn", "health", "scaling", "caffe")
@@ -178,7 +178,7 @@ def bench_data(args, device):
 _CAFFE_PROBE = """
 import json, sys, time, tracemalloc
 from alexnet_mp.caffe.convert import import_caffemodel
-from alexnet_mp.train.checkpoint import atomic_save
+from alexnet_mp.checkpoint import atomic_save
 
 def status(key):
     with open("/proc/self/status") as f:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from alexnet_mp.config import CROP
-from alexnet_mp.train.numerics import autocast, synchronize
+from alexnet_mp.numerics import autocast, synchronize
 from alexnet_mp.train.step import train_step
 
 

@@ -25,7 +25,8 @@ import torch
 from alexnet_mp.caffe.netparam import read_blob_file, read_net
 from alexnet_mp.caffe.wire import CaffeError
 from alexnet_mp.config import IMAGE_SIZE, ModelConfig, TrainConfig, to_dict
-from alexnet_mp.model.arch import ARCH, HEAD, RGB, canonical_shapes, conv1_pad, width
+from alexnet_mp.errors import ConfigError
+from alexnet_mp.model.arch import ARCH, HEAD, RGB, canonical_shapes, map_sizes, width
 
 # Caffe's data layer crops 227 and pads nothing: (227 - 11) / 4 + 1 = 55, conv1's map size (spec §1).
 CAFFE_CROP = 227
@@ -142,18 +143,14 @@ def _check_pooling(path, pool, cfg):
     if pool["pool"] != 0 or pool["pad"] or pool["global_pooling"]:
         raise CaffeError(f"{path}: the pooling is not AlexNet's (max, unpadded; found pool method "
                          f"{pool['pool']}, pad {pool['pad']}): {NOT_ALEXNET}")
-    size = cfg.crop + conv1_pad(cfg)
-    for layer in ARCH:
-        if not layer.kernel:
-            break
-        size = (size + 2 * layer.pad - layer.kernel) // layer.stride + 1
-        if layer.pool:
-            down = (size - cfg.pool_size) // cfg.pool_stride + 1
-            up = -(-(size - cfg.pool_size) // cfg.pool_stride) + 1
-            if up != down or down < 1:
-                raise CaffeError(f"{path}: pooling {cfg.pool_size}/{cfg.pool_stride} takes {layer.name}'s "
-                                 f"{size}x{size} maps to {up} in Caffe (rounding up) and {down} here: {NOT_ALEXNET}")
-            size = down
+    try:
+        down, up = map_sizes(cfg), map_sizes(cfg, ceil=True)
+    except ConfigError as e:
+        raise CaffeError(f"{path}: {e}") from None
+    for name in down:
+        if up[name] != down[name]:
+            raise CaffeError(f"{path}: pooling {cfg.pool_size}/{cfg.pool_stride} after {name} gives {up[name]}x"
+                             f"{up[name]} maps in Caffe (rounding up) and {down[name]}x{down[name]} here: {NOT_ALEXNET}")
 
 
 def model_config(pairs, path):

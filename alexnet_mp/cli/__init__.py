@@ -22,7 +22,7 @@ import tempfile
 from alexnet_mp.config import COLUMN_CHOICES, INIT_CHOICES, INPUT_SCALE_CHOICES, ModelConfig
 from alexnet_mp.errors import UsageError
 from alexnet_mp.files import write_target
-from alexnet_mp.train.numerics import AMP_DTYPES
+from alexnet_mp.numerics import AMP_DTYPES
 
 PAPER_MODEL = ModelConfig()
 

@@ -17,7 +17,7 @@ from alexnet_mp.bench.timing import BenchConfig
 from alexnet_mp.cli import ArgumentParser, add_speed_flags, check_output_file, tool
 from alexnet_mp.errors import UsageError
 from alexnet_mp.files import write_json
-from alexnet_mp.train.numerics import amp_note, configure
+from alexnet_mp.numerics import amp_note, configure
 
 
 def _fmt(m):

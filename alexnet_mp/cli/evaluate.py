@@ -11,7 +11,7 @@ from alexnet_mp.data.store import Store
 from alexnet_mp.distributed.launch import Run
 from alexnet_mp.eval.run import EvalOptions, evaluate, table
 from alexnet_mp.files import atomic_write, write_json
-from alexnet_mp.train.checkpoint import load, model_config
+from alexnet_mp.checkpoint import load, model_config
 
 def parse_args(argv):
     p = ArgumentParser(description="Ten-crop evaluation of an alexnet_mp checkpoint")

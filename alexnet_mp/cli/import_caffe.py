@@ -9,7 +9,7 @@ import time
 from alexnet_mp.caffe.convert import import_caffemodel, slots
 from alexnet_mp.cli import ArgumentParser, check_output_file, shown, tool
 from alexnet_mp.errors import UsageError
-from alexnet_mp.train.checkpoint import atomic_save
+from alexnet_mp.checkpoint import atomic_save
 
 ZOO_SHA1 = "9116a64c0fbe4459d18f4bb6b56d647b63920377"      # BVLC model zoo, models/bvlc_alexnet/readme.md
 

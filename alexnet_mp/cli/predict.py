@@ -14,7 +14,7 @@ from alexnet_mp.data.transforms import EvalTransform
 from alexnet_mp.distributed.placement import input_device
 from alexnet_mp.errors import UsageError
 from alexnet_mp.eval.inference import load_for_inference
-from alexnet_mp.train.numerics import configure
+from alexnet_mp.numerics import configure
 
 
 def expand(paths):

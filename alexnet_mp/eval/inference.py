@@ -9,7 +9,7 @@ import torch
 
 from alexnet_mp.data.storecheck import read_classes, read_stats
 from alexnet_mp.distributed.placement import build, gpu_layout
-from alexnet_mp.train import checkpoint as ckpt_io
+from alexnet_mp import checkpoint as ckpt_io
 
 
 def load_for_inference(path, data_path=None, placement="grouped", devices=None, need_mean=False, state=None,

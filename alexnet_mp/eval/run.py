@@ -6,8 +6,8 @@ from alexnet_mp.distributed.placement import input_device
 from alexnet_mp.eval.inference import load_for_inference
 from alexnet_mp.eval.tencrop import gather, predict, summary
 from alexnet_mp.model.layers import take_lrn_failure
-from alexnet_mp.train.checkpoint import model_config
-from alexnet_mp.train.numerics import amp_note, configure
+from alexnet_mp.checkpoint import model_config
+from alexnet_mp.numerics import amp_note, configure
 
 
 # spec §5: (label, top-1 error %, top-5 error %)

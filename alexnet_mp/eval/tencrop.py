@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from alexnet_mp.data.transforms import CENTER
-from alexnet_mp.train.numerics import autocast
+from alexnet_mp.numerics import autocast
 
 
 def _to(batch, device):

@@ -14,8 +14,8 @@ from alexnet_mp.errors import UsageError
 from alexnet_mp.eval import figures
 from alexnet_mp.eval.inference import load_for_inference
 from alexnet_mp.files import atomic_write
-from alexnet_mp.train.metrics import read_records
-from alexnet_mp.train.numerics import configure
+from alexnet_mp.files import read_records
+from alexnet_mp.numerics import configure
 
 COMMON = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".tif", ".bmp", ".webp")     # named first in messages
 

@@ -73,13 +73,14 @@ def conv1_pad(config):
     return -(config.crop - first.kernel) % first.stride
 
 
-def map_sizes(config):
+def map_sizes(config, ceil=False):
     """Side of each conv layer's output after its pool (what the next layer reads).
 
     Floor division, as torch pools: for the paper's crop this is 55 -> 27 after
     conv1, 27 -> 13 after conv2, 13 -> 6 after conv5, both for z = 3 and for
     z = 2 (§3.4: "output of the same size"); z = 2 reads no pixel twice and
-    leaves the last row and column of 55, 27 and 13 unread.
+    leaves the last row and column of 55, 27 and 13 unread. `ceil`: as Caffe
+    pools, rounding up (the same sizes for AlexNet's maps).
     """
     size, sizes = config.crop + conv1_pad(config), {}
     for layer in ARCH:
@@ -87,7 +88,8 @@ def map_sizes(config):
             break
         size = (size + 2 * layer.pad - layer.kernel) // layer.stride + 1
         if layer.pool:
-            size = (size - config.pool_size) // config.pool_stride + 1
+            size = (-(-(size - config.pool_size) // config.pool_stride) if ceil
+                    else (size - config.pool_size) // config.pool_stride) + 1
         if size < 1:
             raise ConfigError(f"a {config.crop} crop leaves no map after {layer.name} with pooling "
                               f"{config.pool_size}/{config.pool_stride}: use the paper's 3/2 or 2/2")

@@ -16,9 +16,9 @@ from alexnet_mp.eval.run import EvalOptions, evaluate
 from alexnet_mp.files import atomic_write, read_json, write_json
 from alexnet_mp.study import table
 from alexnet_mp.study.variants import PAPER, VARIANTS
-from alexnet_mp.train import checkpoint as ckpt_io
+from alexnet_mp import checkpoint as ckpt_io
 from alexnet_mp.train.loop import Options, train
-from alexnet_mp.train.metrics import read_records
+from alexnet_mp.files import read_records
 
 RUN_RECORD = "run.json"          # written last: its presence marks a finished run
 RUN_FAILED = "run-failed.json"   # a run that failed (a diverging loss, say): in the table, retried next time

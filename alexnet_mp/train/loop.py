@@ -29,12 +29,12 @@ from alexnet_mp.distributed.parallel import apply_data_parallel
 from alexnet_mp.distributed.placement import build, gpu_layout, input_device
 from alexnet_mp.errors import TrainingError
 from alexnet_mp.eval.tencrop import errors, gather, predict
-from alexnet_mp.train import checkpoint as ckpt_io
+from alexnet_mp import checkpoint as ckpt_io
 from alexnet_mp.train import preflight
 from alexnet_mp.train.report import log_step, metrics_writer
 from alexnet_mp.train.diagnose import StuckWatch
 from alexnet_mp.train.health import Health
-from alexnet_mp.train.numerics import amp_note, configure
+from alexnet_mp.numerics import amp_note, configure
 from alexnet_mp.train.optim import LRSchedule, PaperSGD, param_groups, set_lr
 from alexnet_mp.train.state import TrainState, load_resume, resume, save_checkpoint
 from alexnet_mp.train.step import train_step

@@ -2,29 +2,7 @@
 import json
 import os
 
-from alexnet_mp.files import atomic_write
-
-
-def read_records(path, warn=print):
-    """The records of a metrics.jsonl. A line that is not a record (the last one,
-    torn by a run killed while writing it) is skipped with one warning."""
-    records, bad = [], []
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if isinstance(record, dict) and "step" in record and "epoch" in record:
-                records.append(record)
-            else:
-                bad.append(n)
-    if bad:
-        warn(f"warning: {path}: skipped {len(bad)} unreadable line(s) (line {bad[0]}"
-             f"{'' if len(bad) == 1 else ', ...'}), left by a run stopped while writing")
-    return records
+from alexnet_mp.files import atomic_write, read_records
 
 
 def covered(record, step, epoch):

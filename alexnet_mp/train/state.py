@@ -16,7 +16,7 @@ import torch
 
 from alexnet_mp.config import IMPORTED_FIELDS, model_differences, to_dict
 from alexnet_mp.errors import TrainingError
-from alexnet_mp.train import checkpoint as ckpt_io
+from alexnet_mp import checkpoint as ckpt_io
 from alexnet_mp.train.optim import load_velocity, velocity_state
 
 

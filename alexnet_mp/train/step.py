@@ -5,7 +5,7 @@ study's time estimate all run this one, so what they time is what trains.
 """
 from torch.nn import functional as F
 
-from alexnet_mp.train.numerics import autocast
+from alexnet_mp.numerics import autocast
 
 
 def train_step(model, optimizer, x, y, amp=None):

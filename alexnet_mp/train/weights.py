@@ -12,7 +12,7 @@ from dataclasses import fields, replace
 
 from alexnet_mp.config import ModelConfig
 from alexnet_mp.errors import TrainingError
-from alexnet_mp.train import checkpoint as ckpt_io
+from alexnet_mp import checkpoint as ckpt_io
 
 # Not part of the variant: the class count follows the store, the init is spent.
 NOT_VARIANT = ("num_classes", "init", "init_std")
