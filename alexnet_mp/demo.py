@@ -2,6 +2,12 @@
 
 Everything here is the library's own training, evaluation and figures, given
 config objects; tools/demo.py parses its few flags and calls `run_demo`.
+
+The preset is 8 epochs. Before training, the demo times one training step and
+one evaluation forward on this machine (`alexnet_mp.study.estimate`, as the
+study's --dry-run does) and, where the preset would not fit its time budget
+(10 minutes by default), trains fewer epochs, keeping the lr drop for the last
+quarter of them; it prints the plan and what it gives up.
 """
 import importlib.util
 import os
@@ -14,6 +20,7 @@ from alexnet_mp.distributed.launch import Run
 from alexnet_mp.eval.run import EvalOptions, evaluate, table
 from alexnet_mp.eval.visualize import run_figures
 from alexnet_mp.files import write_json
+from alexnet_mp.study.estimate import device_for, run_seconds, store_size, time_network, time_save
 from alexnet_mp.checkpoint import load, model_config
 from alexnet_mp.train.loop import Options, train
 
@@ -30,12 +37,41 @@ class DemoOptions:
     output_dir: str = "runs/demo"
     cache_dir: str = None          # where the demo set is generated (default: ~/.cache/alexnet_mp)
     workers: int = 0
-    epochs: int = None             # the preset's, unless given (a quicker smoke run)
+    epochs: int = None             # the preset's, unless given (a quicker smoke run); then no budget
+    budget_minutes: float = 10.0   # wall time the demo sizes itself to (0: the whole preset)
 
 
-def demo_config(opts):
+def demo_config(opts, epochs=None):
+    """The preset, with `epochs` (or --epochs) in place of its 8 and the lr drop kept for the last quarter."""
     cfg = replace(TrainConfig(), **{name: value for name, value, _, _ in DEMO_PRESET})
-    return replace(cfg, epochs=opts.epochs) if opts.epochs else cfg
+    epochs = opts.epochs or epochs
+    if not epochs or epochs == cfg.epochs:
+        return cfg
+    drop = epochs - max(1, epochs // 4)
+    return replace(cfg, epochs=epochs, lr_steps=(drop,) if drop > 0 else ())
+
+
+def fit_epochs(opts, store, spent, log):
+    """The most epochs of the preset (at least 1) that fit what is left of the budget after `spent`
+    seconds, timed on this machine now."""
+    cfg = demo_config(opts)
+    if opts.epochs or not opts.budget_minutes:
+        return cfg.epochs
+    n_train, n_val, classes, _ = store_size(store)
+    timing = time_network(replace(cfg.model, num_classes=classes), cfg.batch_size, classes, device_for(None))
+    save_s = time_save(classes, os.path.dirname(os.path.abspath(opts.output_dir)) or ".")
+    budget = {"batch_size": cfg.batch_size, "stop_at_step": 0}
+    one, two = (run_seconds({**budget, "epochs": e}, n_train, n_val, timing, save_s) for e in (1, 2))
+    per_epoch = two[0] - one[0] + save_s               # model_best.pt too, after most epochs
+    fixed = one[0] - per_epoch + one[1] + n_train * timing[2]    # the ten crops; the figures' fc7 pass
+    fits = max(1, min(cfg.epochs, int((60 * opts.budget_minutes - spent - fixed) // per_epoch)))
+    log(f"this machine trains the grouped net at {cfg.batch_size / timing[1]:.1f} img/s: the preset's "
+        f"{cfg.epochs} epochs would take about {(spent + fixed + cfg.epochs * per_epoch) / 60:.1f} min in all; "
+        f"budget {opts.budget_minutes:g} min: " + (
+            f"all {fits} epochs" if fits == cfg.epochs else
+            f"{fits} epoch(s), lr /10 after epoch {demo_config(opts, fits).lr_steps[0] if fits > 1 else '-'} "
+            f"(fewer epochs than the preset: expect a higher error; --budget-minutes 0 runs all 8)"))
+    return fits
 
 
 def run_demo(opts, log=print):
@@ -45,8 +81,9 @@ def run_demo(opts, log=print):
     for name, value, paper, why in DEMO_PRESET:
         log(f"  {name} {value} (paper: {paper}): {why}")
     store = demo_store(opts.cache_dir, log)
+    cfg = demo_config(opts, fit_epochs(opts, store, time.time() - start, log))
     train(Options(data_path=store, output_dir=opts.output_dir, workers=opts.workers, resume="auto",
-                  checkpoint_minutes=0, print_freq=10), demo_config(opts), log)
+                  checkpoint_minutes=0, print_freq=10), cfg, log)
     best = os.path.join(opts.output_dir, "model_best.pt")
     state = load(best)
     run = Run(None, log, model=model_config(state))

@@ -8,7 +8,7 @@ import torch
 from alexnet_mp.config import TrainConfig, to_dict
 
 
-def write_old_format_checkpoint(path, net, *, epoch=1, step=5, data_path="", mean=None, config=None):
+def write_old_format_checkpoint(path, net, *, epoch=1, step=5, data_path="", mean=None, config=None, classes=None):
     """A resumable checkpoint of `net` (a grouped AlexNet) at the start of epoch `epoch`, step `step`."""
     weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
     n = weights["fc8.weight"].shape[0]
@@ -27,7 +27,7 @@ def write_old_format_checkpoint(path, net, *, epoch=1, step=5, data_path="", mea
         "sampler": {"epoch": epoch, "start": 0, "seed": cfg.seed},
         "args": {"data_path": data_path, "output_dir": "old", "batch_size": cfg.batch_size},
         "config": to_dict(cfg),
-        "classes": {"classes": [f"c{i}" for i in range(n)], "names": {}},
+        "classes": classes or {"classes": [f"c{i}" for i in range(n)], "names": {}},
         "best_val_top1_err": 0.9,
         "data_mean": torch.from_numpy(np.full((256, 256, 3), 100.0) if mean is None else mean),
     }

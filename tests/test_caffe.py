@@ -431,12 +431,25 @@ def test_fine_tune_from_the_import_draws_a_new_fc8_and_keeps_the_rest(caffe10, t
 def test_fine_tune_from_our_own_checkpoint_with_the_same_classes_keeps_fc8(tiny_store, tmp_path):
     from .checkpoints import write_old_format_checkpoint
     path = tmp_path / "ours.pt"
+    from alexnet_mp.data.storecheck import read_classes
     net = AlexNet(10, seed=5)
-    write_old_format_checkpoint(path, net)
+    write_old_format_checkpoint(path, net, classes=read_classes(tiny_store))
     job, _ = _job(path, tiny_store, tmp_path / "out")
     got = job.parts.net.canonical_state_dict()
     assert all(torch.equal(got[k], v) for k, v in net.state_dict().items())
     assert job.parts.transform.size == 224
+
+
+def test_fine_tune_from_a_checkpoint_of_other_classes_of_the_same_count_draws_fc8_anew(tiny_store, tmp_path):
+    """Ten classes both, but not the same ten: keeping fc8 would map the store's classes to the wrong outputs."""
+    from .checkpoints import write_old_format_checkpoint
+    path = tmp_path / "other.pt"
+    net = AlexNet(10, seed=5)
+    write_old_format_checkpoint(path, net)                  # classes c0..c9, not the store's
+    job, _ = _job(path, tiny_store, tmp_path / "out")
+    got = job.parts.net.canonical_state_dict()
+    assert torch.equal(got["fc7.weight"], net.state_dict()["fc7.weight"])
+    assert not torch.equal(got["fc8.weight"], net.state_dict()["fc8.weight"])
 
 
 def test_resume_from_the_import_says_to_use_weights(caffe10, tiny_store, tmp_path, capsys):

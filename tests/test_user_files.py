@@ -123,9 +123,9 @@ def test_predict_and_neighbours_see_the_photo_the_right_way_up(photos, tiny_stor
         np.testing.assert_array_equal(to_256(path), upright_reference(path, orientation))
     seen = []
 
-    def classify(model, image, transform, crops):
-        seen.append(image)
-        return torch.full((10,), 0.1)
+    def classify(model, images, transform, crops):
+        seen.extend(images)
+        return np.full((len(images), 5), 0.1, np.float32), np.tile(np.arange(5), (len(images), 1))
 
     monkeypatch.setattr(predict_cli, "classify", classify)
     argv = ["--checkpoint", bare, "--data-path", tiny_store, "--crops", "1", paths[6], paths[3]]

@@ -15,17 +15,20 @@ def parse_args(argv):
     p.add_argument("--cache-dir", default=None, help="where the demo set is generated (default: ~/.cache/alexnet_mp)")
     p.add_argument("-j", "--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--epochs", type=int, help="override the preset's epoch count (a quicker smoke run)")
+    p.add_argument("--budget-minutes", type=float, default=10.0,
+                   help="fit the demo to this wall time: fewer epochs on a slow machine (0: the whole preset)")
     args = p.parse_args(argv)
     check_at_least(("-j", args.workers, 0))
     if args.epochs is not None:
         check_at_least(("--epochs", args.epochs, 1))
+    check_at_least(("--budget-minutes", args.budget_minutes, 0))
     return args
 
 
 @tool
 def main(argv=None):
     args = parse_args(argv)
-    run_demo(DemoOptions(args.output_dir, args.cache_dir, args.workers, args.epochs))
+    run_demo(DemoOptions(args.output_dir, args.cache_dir, args.workers, args.epochs, args.budget_minutes))
     return 0
 
 
