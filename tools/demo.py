@@ -3,7 +3,9 @@
     python tools/demo.py --output-dir runs/demo
     alexnet-demo --output-dir runs/demo
 
-About 5 minutes on a 2-core CPU. The demo set (10 shape classes, 1,200
+It sizes itself to 10 minutes (--budget-minutes; 0 runs the whole preset):
+it times a training step first and trains as many of the preset's 8 epochs as
+fit, printing the plan. The demo set (10 shape classes, 1,200
 training and 200 validation images) is generated and prepared once into the
 cache folder. The model, init, LRN, dropout, update rule and augmentation are
 the paper's; the preset below departs from the paper's recipe only where a
