@@ -39,7 +39,8 @@ NUM_CLASSES = 10
 # Peak memory of one fp32 training step of the grouped net at the paper's batch of 128:
 # weights, gradients and velocity (3 x 244 MB) plus activations and what the LRN keeps.
 # Measured on the CPU: 1.25 GiB of tensors saved for backward (1.48 before the LRN kept its
-# denominator alone), 0.23 GiB each of weights, gradients and velocity; the rest is headroom for backward's temporaries and cudnn.
+# denominator alone), 0.23 GiB each of weights, gradients and velocity; the rest is headroom
+# for backward's temporaries and cudnn.
 MEMORY_BUDGET_GIB = 3.5
 # Subprocesses see no GPU unless told (conftest.run_script); these show all, or only the first.
 SHOW_GPUS = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(GPUS))))}
