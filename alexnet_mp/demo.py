@@ -52,6 +52,18 @@ def demo_config(opts, epochs=None):
     return replace(cfg, epochs=epochs, lr_steps=(drop,) if drop > 0 else ())
 
 
+def planned_config(opts):
+    """The plan of a demo already in the output folder (it resumes with the epochs it was sized to), or None."""
+    path = os.path.join(opts.output_dir, "checkpoint.pt")
+    if opts.epochs or not os.path.isfile(path):
+        return None
+    saved = load(path)
+    if not isinstance(saved.get("config"), dict):
+        return None
+    epochs, steps = saved["config"].get("epochs"), tuple(saved["config"].get("lr_steps", ()))
+    return replace(demo_config(opts), epochs=epochs, lr_steps=steps) if epochs else None
+
+
 def fit_epochs(opts, store, spent, log):
     """The most epochs of the preset (at least 1) that fit what is left of the budget after `spent`
     seconds, timed on this machine now."""
@@ -84,9 +96,12 @@ def run_demo(opts, log=print):
     for name, value, paper, why in DEMO_PRESET:
         log(f"  {name} {value} (paper: {paper}): {why}")
     store = demo_store(opts.cache_dir, log)
-    cfg = demo_config(opts, fit_epochs(opts, store, time.time() - start, log))
-    train(Options(data_path=store, output_dir=opts.output_dir, workers=opts.workers, resume="auto",
-                  checkpoint_minutes=0, print_freq=10), cfg, log)
+    cfg = planned_config(opts) or demo_config(opts, fit_epochs(opts, store, time.time() - start, log))
+    result = train(Options(data_path=store, output_dir=opts.output_dir, workers=opts.workers, resume="auto",
+                           checkpoint_minutes=0, print_freq=10), cfg, log)
+    if result.stopped:
+        log(f"demo stopped at epoch {result.epoch} step {result.step}: run the same command again to resume it")
+        return store
     best = os.path.join(opts.output_dir, "model_best.pt")
     state = load(best)
     run = Run(None, log, model=model_config(state))

@@ -77,3 +77,20 @@ def test_an_unarmed_step_measures_nothing():
     x, y = _batch(2)
     train_step(net.train(), optimizer, x, y)
     assert health.read(optimizer) == {} and health._outputs == {}
+
+
+def test_a_demo_resumed_in_its_folder_keeps_the_plan_it_was_sized_to(tmp_path):
+    """A second demo into the same folder must not re-time the machine and change the epochs
+    (and so the lr drop) of the run it resumes."""
+    from dataclasses import replace
+
+    from alexnet_mp import TrainConfig
+    from alexnet_mp.demo import DemoOptions, planned_config
+
+    from .checkpoints import write_old_format_checkpoint
+    opts = DemoOptions(output_dir=str(tmp_path))
+    assert planned_config(opts) is None                       # nothing there yet: the demo times the machine
+    write_old_format_checkpoint(tmp_path / "checkpoint.pt", AlexNet(10, seed=0),
+                                config=replace(TrainConfig(), batch_size=32, epochs=5, lr_steps=(4,)))
+    cfg = planned_config(opts)
+    assert (cfg.epochs, cfg.lr_steps, cfg.batch_size) == (5, (4,), 32)

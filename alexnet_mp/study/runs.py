@@ -10,7 +10,7 @@ import sys
 import time
 
 from alexnet_mp import config
-from alexnet_mp.distributed.launch import Run
+from alexnet_mp.distributed.launch import Run, torchrun_env
 from alexnet_mp.errors import UsageError
 from alexnet_mp.eval.run import EvalOptions, evaluate
 from alexnet_mp.files import atomic_write, read_json, write_json
@@ -87,11 +87,17 @@ def stuck_cause(records):
 
 def _metrics(folder):
     path = os.path.join(folder, "metrics.jsonl")
-    return read_records(path, warn=lambda line: print(line, file=sys.stderr)) if os.path.isfile(path) else []
+    env = torchrun_env()
+    speaks = env is None or env[0] == 0
+    return read_records(path, warn=lambda line: print(line, file=sys.stderr) if speaks else None) \
+        if os.path.isfile(path) else []
 
 
-def _report(error, say):
-    say(f"error: {error}")
+def _report(error):
+    """A run's one-line error, on stderr, by rank 0 alone (every rank meets it under torchrun)."""
+    env = torchrun_env()
+    if env is None or env[0] == 0:
+        print(f"error: {error}", file=sys.stderr)
     return 2
 
 
@@ -104,7 +110,7 @@ def train_run(plan, variant, seed, folder):
     try:
         return train(opts, plan.budget.train_config(variant, seed))
     except UsageError as e:
-        return _report(e, lambda line: print(line, file=sys.stderr))
+        return _report(e)
 
 
 def evaluate_run(plan, variant, folder):
@@ -120,7 +126,7 @@ def evaluate_run(plan, variant, folder):
         finally:
             run.close()
     except UsageError as e:
-        return _report(e, lambda line: print(line, file=sys.stderr))
+        return _report(e)
     if run.main:
         write_json(os.path.join(folder, "eval.json"), done.summary)
     return done.summary

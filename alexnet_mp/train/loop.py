@@ -153,6 +153,9 @@ def run_job(opts, cfg, run, classes, start=None, saved=None):
     for note in configure(run.device, opts.tf32, opts.deterministic) + amp_note(opts.amp):
         run.log(f"speed mode, departs from the paper's float32 arithmetic: {note}")
     job = build_job(opts, cfg, run, classes, start, saved)
+    if opts.stop_at_step and job.state.step >= opts.stop_at_step:      # resumed at its stop: no step more
+        run.log(f"{opts.ckpt_path} is at step {job.state.step}, --stop-at-step {opts.stop_at_step}: nothing to do")
+        return _result(job, stopped=True)
     stop = StopFlag()
     try:
         for epoch in range(job.state.epoch, cfg.epochs):
@@ -237,8 +240,8 @@ def train_one_epoch(job, epoch, stop):
                 log_step(job, clock, logits, y.to(logits.device), data_time)
             if stop_vote or stop_at:
                 checkpoint(job, [opts.ckpt_path])
-                job.run.log(f"stopped by signal at epoch {epoch} step {state.step}: checkpoint written to "
-                            f"{opts.ckpt_path}; continue with --resume auto")
+                job.run.log(f"stopped {'by signal' if stop_vote else 'at --stop-at-step'} at epoch {epoch} step "
+                            f"{state.step}: checkpoint written to {opts.ckpt_path}; continue with --resume auto")
                 return True
             if due_vote:
                 checkpoint(job, [opts.ckpt_path])
