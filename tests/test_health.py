@@ -81,7 +81,7 @@ def test_an_unarmed_step_measures_nothing():
 
 def test_a_demo_resumed_in_its_folder_keeps_the_plan_it_was_sized_to(tmp_path):
     """A second demo into the same folder must not re-time the machine and change the epochs
-    (and so the lr drop) of the run it resumes."""
+    (and so the lr drop) of the run it resumes, nor, for a folder of an older preset, its batch and lr."""
     from dataclasses import replace
 
     from alexnet_mp import TrainConfig
@@ -93,4 +93,15 @@ def test_a_demo_resumed_in_its_folder_keeps_the_plan_it_was_sized_to(tmp_path):
     write_old_format_checkpoint(tmp_path / "checkpoint.pt", AlexNet(10, seed=0),
                                 config=replace(TrainConfig(), batch_size=32, epochs=5, lr_steps=(4,)))
     cfg = planned_config(opts)
-    assert (cfg.epochs, cfg.lr_steps, cfg.batch_size) == (5, (4,), 32)
+    assert (cfg.epochs, cfg.lr_steps, cfg.batch_size, cfg.lr) == (5, (4,), 32, 0.01)
+
+
+def test_a_demo_sized_to_fewer_epochs_drops_the_lr_after_the_first_third():
+    """The README's rule for a budget-sized demo; a mismatch points to demo_config or first_third."""
+    from alexnet_mp.demo import DEMO_PRESET, DemoOptions, demo_config
+    opts = DemoOptions()
+    preset = dict((name, value) for name, value, _, _ in DEMO_PRESET)
+    assert demo_config(opts).lr_steps == preset["lr_steps"] and demo_config(opts).epochs == preset["epochs"]
+    for epochs, drop in ((1, ()), (2, (1,)), (3, (1,)), (4, (1,)), (5, (2,))):
+        cfg = demo_config(opts, epochs)
+        assert (cfg.epochs, cfg.lr_steps, cfg.batch_size, cfg.lr) == (epochs, drop, 16, 0.005)

@@ -197,18 +197,20 @@ def test_plateau_schedule_drops_after_patience_and_at_most_three_times():
 
 
 @pytest.mark.slow
-def test_demo_learns_and_writes_eval_json_and_figures(tmp_path):
-    """The README's main command, end to end: 5 to 7 minutes on the 2-core machine it was
-    written on, 4 times that on one where torchvision's alexnet trains 4 times slower. The
-    time limit only catches a hang; the demo's speed is the benchmark's business."""
+def test_the_demo_preset_reaches_10_percent_ten_crop_error_and_writes_eval_json_and_figures(tmp_path):
+    """The README's main command, end to end, with its whole preset (--budget-minutes 0, so that
+    a slow machine does not trade epochs for time): 7 to 8 minutes on the 2-core machine it was
+    written on, about twice that where torchvision's alexnet trains at 13 img/s. The time limit
+    only catches a hang; the demo's speed is the README's business. A ten-crop error above 10%
+    points to the preset (its lr or its drop) or to a change in what the network learns."""
     out = tmp_path / "demo"
-    proc = run_script(["tools/demo.py", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")],
-                      timeout=3600)
+    proc = run_script(["tools/demo.py", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
+                       "--budget-minutes", "0"], timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "demo preset, departures from the paper's recipe" in proc.stdout
     result = json.load(open(out / "eval.json"))
     assert result["num_images"] == 200 and result["crops"] == 10
-    assert result["top1_err"] <= 0.5            # 10 classes: chance is 0.9
+    assert result["top1_err"] <= 0.10           # the issue's bar; 10 classes: chance is 0.9
     for name in ("filters.png", "neighbours.png"):
         assert (out / "figures" / name).stat().st_size > 0
 

@@ -4,7 +4,7 @@
     alexnet-demo --output-dir runs/demo
 
 It sizes itself to 10 minutes (--budget-minutes; 0 runs the whole preset):
-it times a training step first and trains as many of the preset's 8 epochs as
+it times a training step first and trains as many of the preset's 6 epochs as
 fit, printing the plan. The demo set (10 shape classes, 1,200
 training and 200 validation images) is generated and prepared once into the
 cache folder. The model, init, LRN, dropout, update rule and augmentation are
