@@ -36,9 +36,10 @@ DEMO_PRESET = (
 )
 
 
-# A training epoch runs this much slower than its steps timed bare: data workers share the
-# cores, and log steps read figures. Measured 2026-12-02 on the 2-core machine: 0.69 s a step in
-# the loop against 0.56 to 0.65 s timed (batch 16).
+# Training and evaluation run this much slower than their steps timed bare: data workers share
+# the cores, and log steps read figures. Measured 2026-12-02 on the 2-core machine: 0.69 s a step
+# in the loop against 0.56 to 0.65 s timed (batch 16). Slowed to torchvision's 13 img/s, the
+# demo took 588 s against a plan of 564 s that scaled the training alone.
 LOOP_OVERHEAD = 1.15
 
 
@@ -98,7 +99,7 @@ def fit_epochs(opts, store, start, log):
     one, two = (run_seconds({**budget, "epochs": e}, n_train, n_val, timing, save_s) for e in (1, 2))
     per_epoch = two[0] - one[0] + save_s               # model_best.pt too, after most epochs
     fixed = one[0] - (two[0] - one[0]) + one[1] + n_train * timing[2]    # ten crops; the figures' fc7 pass
-    per_epoch *= LOOP_OVERHEAD
+    per_epoch, fixed = per_epoch * LOOP_OVERHEAD, fixed * LOOP_OVERHEAD
     fits = max(1, min(cfg.epochs, int((60 * opts.budget_minutes - spent - fixed) // per_epoch)))
     log(f"one training step here runs at {cfg.batch_size / timing[1]:.1f} img/s: the preset's "
         f"{cfg.epochs} epochs would take about {(spent + fixed + cfg.epochs * per_epoch) / 60:.1f} min in all; "
