@@ -47,7 +47,7 @@ def quirky_tree(tmp_path_factory):
 def store(quirky_tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("store")
     lines = []
-    prepare(str(quirky_tree), str(out), workers=2, log=lines.append)
+    prepare(str(quirky_tree), str(out), workers=2, log=lines.append, no_val=True)
     return out, lines
 
 
@@ -79,7 +79,7 @@ def test_undecodable_files_are_reported_and_counted(store):
 def test_jpeg_store_holds_the_same_images_within_jpeg_loss(quirky_tree, store, tmp_path):
     raw_out, _ = store
     lines = []
-    prepare(str(quirky_tree), str(tmp_path / "jpeg"), workers=2, fmt="jpeg", log=lines.append)
+    prepare(str(quirky_tree), str(tmp_path / "jpeg"), workers=2, fmt="jpeg", log=lines.append, no_val=True)
     assert "train: 9 images converted, 2 could not be decoded" in "\n".join(lines)
     raw, jpeg = Store(str(raw_out), "train"), Store(str(tmp_path / "jpeg"), "train")
     assert jpeg.format == "jpeg" and jpeg.files == raw.files
@@ -94,24 +94,26 @@ def test_jpeg_store_holds_the_same_images_within_jpeg_loss(quirky_tree, store, t
     mean, _, _ = read_stats(str(tmp_path / "jpeg"))
     np.testing.assert_allclose(mean, np.stack([jpeg[i][0] for i in range(len(jpeg))]).mean(0), rtol=1e-6)
     again = []
-    prepare(str(quirky_tree), str(tmp_path / "jpeg"), workers=2, fmt="jpeg", log=again.append)
+    prepare(str(quirky_tree), str(tmp_path / "jpeg"), workers=2, fmt="jpeg", log=again.append, no_val=True)
     assert not any("img/s" in line for line in again)
 
 
 def test_class_list_keeps_human_names_from_a_mapping_file(quirky_tree, tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("a first class, alias\nb second class\n")   # LOC_synset_mapping.txt style
-    prepare(str(quirky_tree), str(tmp_path / "named"), workers=1, names_file=str(names), log=lambda *a: None)
+    prepare(str(quirky_tree), str(tmp_path / "named"), workers=1, names_file=str(names), log=lambda *a: None,
+            no_val=True)
     meta = read_classes(str(tmp_path / "named"))
     assert meta == {"classes": ["a", "b"], "names": {"a": "first class, alias", "b": "second class"},
-                    "source": str(quirky_tree), "exif_orientation": True}
+                    "source": str(quirky_tree), "exif_orientation": True,
+                    "layout": "an ImageNet-style tree (train/)", "no_val": True}
 
 
 def test_rerun_does_no_work(quirky_tree, store):
     out, _ = store
     before = {f: os.stat(out / "train" / f).st_mtime_ns for f in ("images.u8", "status.u8", "stats.npz")}
     lines = []
-    prepare(str(quirky_tree), str(out), workers=2, log=lines.append)
+    prepare(str(quirky_tree), str(out), workers=2, log=lines.append, no_val=True)
     assert not any("img/s" in line for line in lines)
     assert {f: os.stat(out / "train" / f).st_mtime_ns for f in before} == before
 

@@ -159,7 +159,7 @@ def test_16_bit_pngs_keep_their_high_byte_not_clipped(tmp_path):
         os.makedirs(os.path.dirname(tmp_path / "src" / rel), exist_ok=True)
         (tmp_path / "src" / rel).write_bytes(_png16(pixels))
     assert Image.open(io.BytesIO(_png16(grey))).mode == "I;16"       # the case convert("RGB") clips
-    prepare(str(tmp_path / "src"), str(tmp_path / "store"), workers=1, log=lambda *a: None)
+    prepare(str(tmp_path / "src"), str(tmp_path / "store"), workers=1, log=lambda *a: None, no_val=True)
     store = Store(str(tmp_path / "store"), "train")
     # 256 wide, 300 tall: no resize, the central 256 rows (from row 22) are kept.
     expected = {"a/grey16.png": np.repeat((grey >> 8)[22:278, :, None], 3, axis=2),

@@ -85,7 +85,7 @@ def photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def raw_store(photos, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("raw") / "store")
-    prepare(photos[0], out, workers=1, log=lambda *a: None)
+    prepare(photos[0], out, workers=1, log=lambda *a: None, no_val=True)
     return out
 
 
@@ -109,7 +109,7 @@ def test_prepare_stores_tagged_photos_the_right_way_up(photos, raw_store, tmp_pa
         np.testing.assert_array_equal(raw[orientation], upright_reference(path, orientation))
         assert_colour_layout(raw[orientation], orientation)
     jpeg_store = str(tmp_path / "jpeg")
-    prepare(photos[0], jpeg_store, workers=1, fmt="jpeg", log=lambda *a: None)
+    prepare(photos[0], jpeg_store, workers=1, fmt="jpeg", log=lambda *a: None, no_val=True)
     for orientation, pixels in stored_pixels(jpeg_store).items():
         assert_colour_layout(pixels, orientation)
     for store in (raw_store, jpeg_store):
@@ -163,11 +163,11 @@ def test_a_store_prepared_before_orientation_keeps_working_and_says_how_to_rebui
     src = meta["source"]
     for store, said in ((raw_store, False), (old, True)):
         before, lines = snapshot(store), []
-        prepare(src, store, workers=1, log=lines.append)
+        prepare(src, store, workers=1, log=lines.append, no_val=True)
         assert snapshot(store) == before, "a re-run on a finished store writes nothing"
         notes = [line for line in lines if "EXIF orientation" in line]
         assert len(notes) == (1 if said else 0), lines
-    assert f"remove {old} and run `python tools/prepare_data.py {src} {old}` again" in notes[0]
+    assert f"remove {old} and run `python tools/prepare_data.py {src} {old} --no-val` again" in notes[0]
     assert len(Store(old, "train")) == 3
     with open(meta_path) as f:
         assert ORIENTED not in json.load(f)       # never claimed for images stored sideways

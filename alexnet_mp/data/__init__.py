@@ -1,7 +1,7 @@
 """Images in, batches out: the prepared store, its checks, the paper's crops, the loaders.
 
-`images` reads an image file as §2 stores it; `prepare` converts a tree of them
-into a store; `storecheck` checks every file of a store when it opens; `store`
+`images` reads an image file as §2 stores it; `layouts` recognises the datasets
+users bring (with `sources` and `cifar`); `prepare` converts them into a store; `storecheck` checks every file of a store when it opens; `store`
 reads one split; `transforms` are §4.1's crops and colour shift; `loader` the
 resumable sampler and the workers; `demo_set` the built-in procedural set.
 
@@ -17,7 +17,9 @@ README has the measurements behind them):
 Layout:
 
     STORE/classes.json            {"classes": [folder names], "names": {folder: human name},
-                                   "source": SRC, "exif_orientation": true}
+                                   "source": SRC, "exif_orientation": true, "layout": what SRC was
+                                   taken for, and where it applies: "val_split": {"fraction", "rule"}
+                                   or "no_val": true; CIFAR-100's "coarse_classes": {fine: coarse}}
     STORE/<split>/images.u8       raw: N x 256 x 256 x 3, uint8, RGB
     STORE/<split>/images.jpg      jpeg: the encoded images back to back, in any order
     STORE/<split>/offsets.i64     jpeg: per image (byte offset, length)

@@ -32,7 +32,11 @@ def upright(img):
 def to_256(path):
     """§2: shorter side to 256 with an antialiasing filter, then the central 256x256, RGB uint8."""
     with Image.open(path) as img:
-        img = to_rgb(upright(img))
+        return image_to_256(to_rgb(upright(img)))
+
+
+def image_to_256(img):
+    """`to_256` of an RGB image already in memory (CIFAR's 32x32 rows are enlarged the same way)."""
     w, h = img.size
     # Sizes and offsets round as torchvision's Resize(256) + CenterCrop(256) do.
     size = (SIZE, int(SIZE * h / w)) if w <= h else (int(SIZE * w / h), SIZE)

@@ -4,12 +4,11 @@
 central 256x256 patch is kept, the right way up (its EXIF orientation applied,
 recorded in classes.json). Nothing else is done to the stored pixels.
 
-Sources: a tree with train/ and val/ folders (the ImageNet layout), or any
-ImageFolder tree (class folders directly under SRC, taken as the train split).
-A flat val/ folder is read with a CSV of `filename,class`. Class index = the
-sorted folder names, as torchvision's ImageFolder numbers them.
+Sources: the layouts `alexnet_mp.data.layouts` recognises (ImageNet-style trees,
+class folders with a held-out val split, Kaggle's ImageNet, TinyImageNet-200,
+CIFAR-10/100). Class index = the sorted class keys, as torchvision's ImageFolder
+numbers its folders.
 """
-import csv
 import io
 import json
 import multiprocessing
@@ -21,7 +20,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from alexnet_mp.data.images import IMAGE_EXTENSIONS, SIZE, to_256
+from alexnet_mp.data import cifar
+from alexnet_mp.data.images import IMAGE_EXTENSIONS, SIZE, image_to_256, to_256
+from alexnet_mp.data.layouts import SourceOptions, read_source
 from alexnet_mp.data.store import Store
 from alexnet_mp.data.storecheck import DONE, FAILED, FORMATS, ORIENTED, TODO, read_split, read_stats, rebuild
 from alexnet_mp.errors import StoreError
@@ -32,89 +33,12 @@ JPEG_QUALITY = 95          # with 4:4:4 chroma: colour matters to PCA and the me
 SPLIT_FILES = ("index.json", "status.u8", "offsets.i64", "report.txt", "stats.npz")
 
 
-def _is_image(name):
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def scan_folders(root):
-    """(classes, files relative to root, labels, skipped non-image files) of an ImageFolder tree."""
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if not classes:
-        raise StoreError(f"{root} has no class folders: expected {root}/<class>/<image> "
-                         f"(or a flat folder with --labels CSV)")
-    files, labels, skipped = [], [], []
-    for label, name in enumerate(classes):
-        found = 0
-        for dirpath, _, names in sorted(os.walk(os.path.join(root, name))):
-            for f in sorted(names):
-                rel = os.path.relpath(os.path.join(dirpath, f), root)
-                if _is_image(f):
-                    files.append(rel)
-                    labels.append(label)
-                    found += 1
-                else:
-                    skipped.append(rel)
-        if not found:
-            raise StoreError(f"class folder {os.path.join(root, name)} has no images: "
-                             f"add images or remove the folder")
-    return classes, files, labels, skipped
-
-
-def text_lines(path, what):
-    """(line number, text) of a UTF-8 file; a line that is not UTF-8 is an error naming it."""
-    with open(path, "rb") as f:
-        data = f.read()
-    for n, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), 1):
-        try:
-            yield n, raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise StoreError(f"{path} line {n} is not UTF-8 text ({raw[:40]!r}): save the {what} "
-                             f"as UTF-8") from None
-
-
-def scan_flat(root, labels_csv, classes):
-    """Files of a flat folder labelled by a CSV of `filename,class`; a bad row is an error naming it."""
-    index = {c: i for i, c in enumerate(classes)}
-    files, labels, seen = [], [], {}
-    for n, line in text_lines(labels_csv, "--labels CSV"):
-        row = next(csv.reader([line]), [])
-        if not row or not "".join(row).strip() or (n == 1 and row[0].strip().lower() in ("filename", "file", "image")):
-            continue
-        where = f"--labels {labels_csv} line {n}"
-        if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            raise StoreError(f"{where} ({line.strip()!r}) is not a 'filename,class' row: fix or remove it")
-        name, cls = row[0].strip(), row[1].strip()
-        if cls not in index:
-            raise StoreError(f"{where}: class '{cls}' of {name} is not a class folder of train/: "
-                             f"fix the row, or check the CSV belongs to this tree")
-        if not os.path.isfile(os.path.join(root, name)):
-            raise StoreError(f"{where}: {os.path.join(root, name)} does not exist: fix the file name "
-                             f"or remove the row")
-        if name in seen:
-            raise StoreError(f"{where}: {name} is listed again (first on line {seen[name]}): remove one row")
-        seen[name] = n
-        files.append(name)
-        labels.append(index[cls])
-    if not files:
-        raise StoreError(f"--labels {labels_csv} has no 'filename,class' rows: it must label the images "
-                         f"in {root}")
-    return files, labels
-
-
-def read_names(names_file):
-    """{folder: human name} from lines '<folder> <name>' (or tab-separated, or 'folder, name')."""
-    names = {}
-    for _, line in text_lines(names_file, "--names file"):
-        parts = line.strip().split(None, 1) if "\t" not in line else line.strip().split("\t", 1)
-        if len(parts) == 2:
-            names[parts[0].rstrip(",")] = parts[1]
-    return names
-
-
 def _convert(task):
     """Convert a chunk of images in a worker. raw: written into the shared memmap;
     jpeg: encoded here and handed back for the parent to append."""
-    folder, root, total, fmt, items = task
+    folder, root, total, fmt, items = task[:5]
+    # The sixth field says how an item is read: an image file, or a CIFAR archive's row.
+    kind = task[5] if len(task) > 5 else "files"
     images = None
     if fmt == "raw":
         images = np.memmap(os.path.join(folder, "images.u8"), dtype=np.uint8, mode="r+",
@@ -122,7 +46,7 @@ def _convert(task):
     out = []
     for slot, rel in items:
         try:
-            pixels = to_256(os.path.join(root, rel))
+            pixels = image_to_256(cifar.image(root, rel)) if kind == "cifar" else to_256(os.path.join(root, rel))
         except Exception as e:         # any undecodable file is reported, not fatal
             out.append((slot, FAILED, f"{type(e).__name__}: {e}"))
             continue
@@ -155,7 +79,7 @@ def write_json_if_changed(path, data):
     write_json(path, data, indent=None)
 
 
-def convert_split(src, files, labels, folder, workers, fmt="raw", log=print):
+def convert_split(src, files, labels, folder, workers, fmt="raw", log=print, kind="files"):
     """Convert one split; resumes from status.u8 and skips what is already done."""
     if fmt not in FORMATS:
         raise StoreError(f"unknown store format '{fmt}': choose one of {', '.join(FORMATS)}")
@@ -186,7 +110,7 @@ def convert_split(src, files, labels, folder, workers, fmt="raw", log=print):
     offsets = np.fromfile(offsets_path, np.int64).reshape(-1, 2) if fmt == "jpeg" else None
     todo = [(int(s), files[s]) for s in np.flatnonzero(status == TODO)]
     if todo:
-        tasks = [(folder, src, total, fmt, todo[i:i + CHUNK]) for i in range(0, len(todo), CHUNK)]
+        tasks = [(folder, src, total, fmt, todo[i:i + CHUNK], kind) for i in range(0, len(todo), CHUNK)]
         start, done, failures = time.time(), 0, {}
         with multiprocessing.get_context("spawn").Pool(workers, initializer=_leave_ctrl_c_to_the_parent) as pool, \
                 open(os.path.join(folder, "images.jpg" if fmt == "jpeg" else "images.u8"), "ab") as packed:
@@ -270,43 +194,6 @@ def compute_stats(root, split="train", chunk=32):
             "cov": cov, "count": np.int64(len(slots))}
 
 
-def scan_source(src, out, labels_csv=None, log=print):
-    """(classes, {split: (root, files, labels)}) of SRC, every problem found before OUT is touched."""
-    if not os.path.isdir(src):
-        what = "is a file, not a folder" if os.path.exists(src) else "does not exist"
-        raise StoreError(f"source folder {src} {what}: pass the folder holding train/ (and val/)")
-    has_splits = os.path.isdir(os.path.join(src, "train"))
-    train_root = os.path.join(src, "train") if has_splits else src
-    val_root = os.path.join(src, "val")
-    for root in (train_root, val_root) if has_splits else (train_root,):
-        inside = os.path.relpath(os.path.realpath(out), os.path.realpath(root))
-        if not inside.startswith(os.pardir):
-            raise StoreError(f"OUT {out} is inside the source tree {root}: a re-run would read its files as "
-                             f"images; choose an OUT outside {src}")
-    classes, files, labels, skipped = scan_folders(train_root)
-    splits = {"train": (train_root, files, labels)}
-    if has_splits and os.path.isdir(val_root):
-        if labels_csv:
-            vfiles, vlabels = scan_flat(val_root, labels_csv, classes)
-        else:
-            vclasses, vfiles, vlabels, vskipped = scan_folders(val_root)
-            skipped += [os.path.join("val", s) for s in vskipped]
-            unknown = sorted(set(vclasses) - set(classes))
-            if unknown:
-                raise StoreError(f"{val_root} has class folders not in train/: {', '.join(unknown[:3])}: "
-                                 f"remove them or add them to train/")
-            remap = [classes.index(c) for c in vclasses]
-            vlabels = [remap[v] for v in vlabels]
-        splits["val"] = (val_root, vfiles, vlabels)
-    elif labels_csv:
-        raise StoreError(f"--labels {labels_csv} labels a flat val/ folder, and {val_root} does not exist: "
-                         f"put the validation images there, or drop --labels")
-    if skipped:
-        log(f"skipped {len(skipped)} non-image files (not {'/'.join(IMAGE_EXTENSIONS[:3])}...), "
-            f"e.g. {skipped[0]}")
-    return classes, splits
-
-
 def _stats_readable(out):
     try:
         read_stats(out)
@@ -315,16 +202,17 @@ def _stats_readable(out):
         return False
 
 
-def _classes_record(out, classes, names, src, log):
+def _classes_record(out, source, src, log):
     """classes.json's contents. A store that already holds images keeps its record of their
     orientation: one prepared before it was applied has none, and is told how to rebuild."""
-    meta = {"classes": classes, "names": names, "source": os.path.abspath(src), ORIENTED: True}
+    meta = {"classes": source.classes, "names": source.names, "source": os.path.abspath(src), ORIENTED: True,
+            "layout": source.layout, **source.extra}
     try:
         with open(os.path.join(out, "classes.json"), "rb") as f:
             old = json.loads(f.read())
     except (OSError, ValueError):
         old = None
-    holds_images = any(os.path.isfile(os.path.join(out, split, "index.json")) for split in ("train", "val"))
+    holds_images = any(os.path.isfile(os.path.join(out, split, "index.json")) for split in ("train", "val", "test"))
     if holds_images and not (isinstance(old, dict) and old.get(ORIENTED) is True):
         del meta[ORIENTED]      # its kept images, and so the store, are not all the right way up
         log(f"{out} was prepared before EXIF orientation was applied: its phone photos may be stored "
@@ -332,22 +220,35 @@ def _classes_record(out, classes, names, src, log):
     return meta
 
 
-def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", log=print):
+def describe(source, src, log):
+    """What SRC was taken for and where each split's labels came from; what was not read."""
+    log(source.summary(src))
+    if source.unused:
+        log(f"not used: {', '.join(source.unused)}")
+    if source.skipped:
+        log(f"skipped {len(source.skipped)} non-image files (not {'/'.join(IMAGE_EXTENSIONS[:3])}...), "
+            f"e.g. {source.skipped[0]}")
+
+
+def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", log=print, val_split=None,
+            no_val=False):
     """Convert SRC into the store OUT; returns {split: (converted, failed)}.
 
+    `val_split`: hold out about this fraction of each class as val (class folders with
+    no split); `no_val`: make a train-only store of them instead (an explicit choice).
     Re-running it on a finished store writes nothing; on one cut short or damaged,
     it converts what is missing. Two prepares on one OUT are refused (a lock)."""
     if fmt not in FORMATS:
         raise StoreError(f"unknown store format '{fmt}': choose one of {', '.join(FORMATS)}")
-    classes, splits = scan_source(src, out, labels_csv, log)
-    names = read_names(names_file) if names_file else {}
+    source = read_source(src, out, SourceOptions(labels_csv, names_file, val_split, no_val))
+    describe(source, src, log)
     lock = claim(out, ("classes.json",), "OUT", log, record=False)
     try:
-        write_json_if_changed(os.path.join(out, "classes.json"), _classes_record(out, classes, names, src, log))
+        write_json_if_changed(os.path.join(out, "classes.json"), _classes_record(out, source, src, log))
         counts = {}
-        for split, (root, sfiles, slabels) in splits.items():
+        for split, part in source.splits.items():
             folder = os.path.join(out, split)
-            status, worked = convert_split(root, sfiles, slabels, folder, workers, fmt, log)
+            status, worked = convert_split(part.root, part.files, part.labels, folder, workers, fmt, log, part.kind)
             counts[split] = (int((status == DONE).sum()), int((status == FAILED).sum()))
             if split == "train" and (worked or not _stats_readable(out)):
                 log("computing the mean image and RGB PCA over the training images ...")

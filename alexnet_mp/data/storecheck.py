@@ -39,12 +39,18 @@ def _checked_json(path, root):
 
 def rebuild(root):
     """The command that rebuilds the store at `root` (its source, when classes.json records it)."""
-    src = "SRC"
+    src, flag = "SRC", ""
     try:
-        src = _load_json(os.path.join(root, "classes.json")).get("source") or src
+        meta = _load_json(os.path.join(root, "classes.json"))
+        src = meta.get("source") or src
+        # A split made by prepare's flags is made again only with them.
+        if isinstance(meta.get("val_split"), dict):
+            flag = f" --val-split {meta['val_split'].get('fraction')}"
+        elif meta.get("no_val") is True:
+            flag = " --no-val"
     except (OSError, ValueError, AttributeError):
         pass
-    return f"`python tools/prepare_data.py {src} {root}`"
+    return f"`python tools/prepare_data.py {src} {root}{flag}`"
 
 
 def broken(path, problem, root):
@@ -79,7 +85,8 @@ def read_split(root, split, num_classes):
     index_path = os.path.join(folder, "index.json")
     if not os.path.isfile(index_path):
         raise StoreError(f"split '{split}' is missing from the store {root} (no {index_path}): "
-                         f"prepare a source tree that has a {split}/ folder")
+                         f"prepare it again from a source that has a {split}/ folder"
+                         + (", or with --val-split 0.1 to hold out a tenth of each class" if split == "val" else ""))
     index = _checked_json(index_path, root)
     files, labels = (index.get("files"), index.get("labels")) if isinstance(index, dict) else (None, None)
     if not (isinstance(files, list) and isinstance(labels, list) and len(files) == len(labels)
