@@ -312,6 +312,7 @@ def test_cifar100_keys_fine_labels_and_keeps_the_coarse_ones(tmp_path):
      "data_batch_3 is not a readable CIFAR pickle (UnpicklingError: it names os.system"),
     (lambda p: p.write_bytes(py2pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [1, 10]})),
      "data_batch_3: 'labels' is not 2 labels in 0..9"),
+    (lambda p: p.unlink(), "is CIFAR-10's python archive without its file data_batch_3: extract the archive again"),
 ])
 def test_a_cut_or_foreign_pickle_is_one_line_naming_the_file(tmp_path, damage, message):
     folder = tmp_path / "cifar-10-batches-py"

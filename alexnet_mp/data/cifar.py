@@ -58,10 +58,16 @@ def load(path):
 
 
 def detect(src):
-    """The layout's row of LAYOUTS if `src` is a CIFAR python folder, else None."""
+    """The layout's row of LAYOUTS if `src` is a CIFAR python folder, else None; one with an
+    archive file missing is an error naming it (not a tree of some other kind)."""
     for marker, row in LAYOUTS.items():
-        if os.path.isfile(os.path.join(src, marker)) and all(
-                os.path.isfile(os.path.join(src, f)) for f in row[1] + row[2]):
+        files = [os.path.isfile(os.path.join(src, f)) for f in row[1] + row[2]]
+        # CIFAR-100's "meta" is a common name: its folder is CIFAR's only with a train or test file too.
+        if os.path.isfile(os.path.join(src, marker)) and (marker == "batches.meta" or any(files)):
+            if not all(files):
+                missing = (row[1] + row[2])[files.index(False)]
+                raise StoreError(f"{src} is {row[0]}'s python archive without its file {missing}: extract the "
+                                 f"archive again")
             return row
     return None
 
