@@ -16,8 +16,7 @@ from alexnet_mp.data.sources import hold_out
 from alexnet_mp.data.store import Store
 from alexnet_mp.data.storecheck import read_classes
 from tests import py2pickle
-from tests.conftest import run_script
-from tests.helpers import assert_one_line_error, assert_one_line_result
+from tests.helpers import assert_one_line_result
 
 
 def _image(path, seed, size=(36, 28)):
@@ -70,13 +69,13 @@ def test_train_valid_and_a_labelled_test_folder_become_three_splits(tmp_path):
     assert "val: valid/<class>/ folders" in said and "not used: sample_submission.csv" in said
 
 
-def test_class_folders_with_no_split_are_refused_before_anything_is_written(tmp_path):
+def test_class_folders_with_no_split_are_refused_before_anything_is_written(tmp_path, capsys):
     for c in ("a", "b"):
         _image(str(tmp_path / "src" / c / "0.png"), seed=ord(c))
-    proc = run_script(["tools/prepare_data.py", str(tmp_path / "src"), str(tmp_path / "store")])
-    assert_one_line_error(proc, "has no validation split: pass --val-split 0.1")
+    code = prepare_data.main([str(tmp_path / "src"), str(tmp_path / "store")])
+    line = assert_one_line_result(code, capsys, "has no validation split: pass --val-split 0.1")
     assert not (tmp_path / "store").exists()
-    assert "--no-val" in proc.stderr
+    assert "--no-val" in line
 
 
 def test_no_val_makes_a_train_only_store_on_purpose(tmp_path):
@@ -227,13 +226,13 @@ def test_tiny_imagenet_reads_wnids_words_and_val_annotations(tmp_path):
     assert "read as TinyImageNet-200" in said and "test (unlabelled)" in said and "3 box files" in said
 
 
-def test_an_annotation_naming_an_unknown_wnid_names_its_line(tmp_path):
+def test_an_annotation_naming_an_unknown_wnid_names_its_line(tmp_path, capsys):
     root = tmp_path / "tiny"
     _tiny(root)
     with open(root / "val" / "val_annotations.txt", "a") as f:
         f.write("val_0.JPEG\tn99999999\t0\t0\t1\t1\n")
-    proc = run_script(["tools/prepare_data.py", str(root), str(tmp_path / "store")])
-    assert_one_line_error(proc, "val_annotations.txt line 7: n99999999 is not a class of wnids.txt")
+    code = prepare_data.main([str(root), str(tmp_path / "store")])
+    assert_one_line_result(code, capsys, "val_annotations.txt line 7: n99999999 is not a class of wnids.txt")
     assert not (tmp_path / "store").exists()
 
 
@@ -314,12 +313,11 @@ def test_cifar100_keys_fine_labels_and_keeps_the_coarse_ones(tmp_path):
      "data_batch_3: 'labels' is not 2 labels in 0..9"),
     (lambda p: p.unlink(), "is CIFAR-10's python archive without its file data_batch_3: extract the archive again"),
 ])
-def test_a_cut_or_foreign_pickle_is_one_line_naming_the_file(tmp_path, damage, message):
+def test_a_cut_or_foreign_pickle_is_one_line_naming_the_file(tmp_path, capsys, damage, message):
     folder = tmp_path / "cifar-10-batches-py"
     _cifar10(folder)
     damage(folder / "data_batch_3")
-    proc = run_script(["tools/prepare_data.py", str(folder), str(tmp_path / "store")])
-    assert_one_line_error(proc, message)
+    assert_one_line_result(prepare_data.main([str(folder), str(tmp_path / "store")]), capsys, message)
     assert not (tmp_path / "store").exists()
 
 

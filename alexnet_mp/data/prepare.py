@@ -9,6 +9,7 @@ class folders with a held-out val split, Kaggle's ImageNet, TinyImageNet-200,
 CIFAR-10/100). Class index = the sorted class keys, as torchvision's ImageFolder
 numbers its folders.
 """
+import contextlib
 import io
 import json
 import multiprocessing
@@ -68,6 +69,17 @@ def _leave_ctrl_c_to_the_parent():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@contextlib.contextmanager
+def _workers(count):
+    """A map over the tasks: a pool of `count` processes, or this process for one (a spawned
+    worker would first spend seconds importing torch, for nothing)."""
+    if count == 1:
+        yield map
+        return
+    with multiprocessing.get_context("spawn").Pool(count, initializer=_leave_ctrl_c_to_the_parent) as pool:
+        yield pool.imap_unordered
+
+
 def write_json_if_changed(path, data):
     """A re-run on a finished store writes nothing: not even the same bytes again."""
     try:
@@ -112,9 +124,9 @@ def convert_split(src, files, labels, folder, workers, fmt="raw", log=print, kin
     if todo:
         tasks = [(folder, src, total, fmt, todo[i:i + CHUNK], kind) for i in range(0, len(todo), CHUNK)]
         start, done, failures = time.time(), 0, {}
-        with multiprocessing.get_context("spawn").Pool(workers, initializer=_leave_ctrl_c_to_the_parent) as pool, \
+        with _workers(workers) as convert, \
                 open(os.path.join(folder, "images.jpg" if fmt == "jpeg" else "images.u8"), "ab") as packed:
-            for results in pool.imap_unordered(_convert, tasks):
+            for results in convert(_convert, tasks):
                 for slot, state, payload in results:
                     if state == FAILED:
                         failures[slot] = payload
