@@ -10,6 +10,7 @@ import itertools
 import os
 import secrets
 import socket
+import sys
 import time
 
 import torch
@@ -18,6 +19,7 @@ import torch.distributed as dist
 from alexnet_mp.config import check_placement, grouped_only
 from alexnet_mp.errors import LaunchError
 from alexnet_mp.distributed.parallel import Topology, check_world
+from alexnet_mp.distributed.slurm import adopt_srun_step, cpus_per_rank
 from alexnet_mp.model.arch import COLUMNS
 
 
@@ -29,7 +31,10 @@ def free_port(host="127.0.0.1"):
 
 
 def torchrun_env():
-    """(rank, world size, local rank) from torchrun's environment, or None outside torchrun."""
+    """(rank, world size, local rank) from torchrun's environment, or None outside torchrun.
+    An srun step of several tasks counts as torchrun: its variables are exported as
+    torchrun's first (`alexnet_mp.distributed.slurm`)."""
+    adopt_srun_step()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return None
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
@@ -174,6 +179,60 @@ def _listening(host, port):
         return False
 
 
+TIMEOUT_VAR = "ALEXNET_MP_COLLECTIVE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300     # torch's own: 30 min (gloo), 10 min (NCCL)
+
+
+def collective_timeout():
+    """Seconds a collective or a store wait may take before the job ends (ALEXNET_MP_COLLECTIVE_TIMEOUT).
+
+    300 s: longer than anything a healthy rank waits for (rank 0 writing two 0.5 GB
+    checkpoints to a slow shared disk, a validation pass out of step), far shorter
+    than torch's defaults."""
+    value = os.environ.get(TIMEOUT_VAR, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise LaunchError(f"{TIMEOUT_VAR}={value}: give the seconds a rank may go without answering, "
+                          f"e.g. {DEFAULT_TIMEOUT_S}")
+    return seconds
+
+
+def is_timeout(error):
+    """A collective or store wait that ran out of time (gloo's, the store's, NCCL's words for it)."""
+    text = str(error).lower()
+    return isinstance(error, (RuntimeError, TimeoutError)) and ("timed out" in text or "timeout" in text)
+
+
+def roll_call(store, rank, world, wait_s):
+    """The ranks that did not answer: every rank whose collective timed out reports in the
+    store; a stalled rank does not. The ranks report within about one step of each other
+    (they wait on one another), so the call waits up to `wait_s` for the rest. A store that
+    does not answer means its server, rank 0, is the one."""
+    store.set_timeout(datetime.timedelta(seconds=max(1.0, min(wait_s, 10.0))))
+    keys = [f"alexnet_mp/roll_call/{r}" for r in range(world)]
+    try:
+        store.set(keys[rank], "here")
+        deadline = time.time() + wait_s
+        while True:
+            silent = [r for r in range(world) if r != rank and not store.check([keys[r]])]
+            if not silent or time.time() > deadline:
+                return silent
+            time.sleep(0.2)
+    except (RuntimeError, TimeoutError):      # the store's server is rank 0's
+        return [0]
+
+
+def unanswered_line(silent, timeout_s, ckpt):
+    """The one line a rank that timed out reports: who did not answer, what is intact, what next."""
+    who = f"rank(s) {_ranks(silent)}" if silent else "another rank"
+    return (f"{who} did not answer for {timeout_s:.0f} s ({TIMEOUT_VAR}; a stalled node, a hung file system?): "
+            f"the job ends; the last checkpoint ({ckpt}) is intact: continue with --resume auto "
+            f"(torchrun --max-restarts, or the SLURM requeue, does it)")
+
+
 class Run:
     """Where this process sits: placement, rank, replica, and whether it speaks."""
 
@@ -212,10 +271,13 @@ class Run:
         self.placement, self.devices = "rank", [f"cuda:{gpu}" if backend == "nccl" else "cpu"]
         if backend == "nccl":
             torch.cuda.set_device(self.devices[0])
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+        # Every rank has joined: from here a wait longer than this means a rank stopped answering.
+        self.timeout_s, self.store = collective_timeout(), store
+        store.set_timeout(datetime.timedelta(seconds=self.timeout_s))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=self.timeout_s))
         if backend == "gloo":
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+            torch.set_num_threads(cpus_per_rank(os.environ, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         return backend
 
     @property
@@ -237,6 +299,16 @@ class Run:
         out = [None] * self.world if self.main else None
         dist.gather_object(obj, out, dst=0)
         return out
+
+    def unanswered(self, error, ckpt):
+        """A LaunchError naming the rank(s) that did not answer, from a timed-out collective.
+        Rank 0 reports it (the tool's one line); where rank 0 is the silent one, the lowest
+        rank that answered prints it instead."""
+        silent = roll_call(self.store, self.rank, self.world, min(30.0, self.timeout_s / 2))
+        line = unanswered_line(silent, self.timeout_s, ckpt)
+        if self.rank != 0 and self.rank == min(set(range(self.world)) - set(silent)):
+            print(f"error: {line}", file=sys.stderr, flush=True)
+        return LaunchError(line)
 
     def close(self):
         if self.distributed and dist.is_initialized():

@@ -8,10 +8,16 @@ optimizer, schedule) and restores a `TrainState`; then each epoch is
 Host synchronisation: a step that does not log never waits for the device or
 for another rank. The loss stays a tensor; the stop and checkpoint-due votes and
 the check for a non-finite loss or weights run on the sync steps only: every
---print-freq steps, the epoch's last step and the --stop-at-step step. A stop
-request (SIGTERM) therefore takes effect up to print-freq - 1 steps late, and a
-diverging run stops at the next sync step, before anything is saved from it.
+--print-freq steps, the epoch's last step and the --stop-at-step step, and, where
+that is more than STOP_CHECK_SECONDS of steps, often enough to vote every
+STOP_CHECK_SECONDS (every step, on a slow machine). A stop request (SIGTERM, a
+scheduler's warning) therefore takes effect within STOP_CHECK_SECONDS plus one
+step, then the checkpoint: inside SLURM's KillWait and torchrun's 30 s
+(docs/cluster.md has the measured times). A diverging run stops at the next sync
+step, before anything is saved from it. A run stopped by a signal before its last
+epoch leaves OUTPUT_DIR/stopped-by-signal.json for a job script to requeue it.
 """
+import contextlib
 import math
 import os
 import signal
@@ -24,10 +30,11 @@ from torch import nn
 from alexnet_mp.config import TrainConfig
 from alexnet_mp.data.loader import eval_loader, train_loader
 from alexnet_mp.data.storecheck import read_classes
-from alexnet_mp.distributed.launch import Run
+from alexnet_mp.distributed.launch import Run, is_timeout
 from alexnet_mp.distributed.parallel import apply_data_parallel
 from alexnet_mp.distributed.placement import build, gpu_layout, input_device
 from alexnet_mp.errors import TrainingError
+from alexnet_mp.files import write_json
 from alexnet_mp.eval.tencrop import errors, gather, predict
 from alexnet_mp import checkpoint as ckpt_io
 from alexnet_mp.train import preflight
@@ -41,15 +48,26 @@ from alexnet_mp.train.step import train_step
 from alexnet_mp.train.weights import start_from_weights, weights_config
 
 
+STOP_CHECK_SECONDS = 5.0               # the most steps' time between two stop votes
+STOPPED_MARKER = "stopped-by-signal.json"  # tools/slurm/train.sbatch requeues a job that leaves it
+
+
 class StopFlag:
-    """SIGTERM/SIGINT ask for a clean stop; honoured at the next sync step."""
+    """SIGTERM asks for a clean stop from the start of a run (a scheduler may send it while
+    the ranks meet), SIGINT from the first step (before it, Ctrl-C interrupts as usual);
+    honoured at the next sync step. `at`: when the first signal came."""
 
     def __init__(self):
-        self.requested = False
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.requested, self.at, self._old = False, None, {}
+        self.catch(signal.SIGTERM)
+
+    def catch(self, *signals):
+        for s in signals:
+            self._old.setdefault(s, signal.signal(s, self._handle))
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.at = self.at or time.time()
 
     def restore(self):
         for s, handler in self._old.items():
@@ -103,6 +121,8 @@ class Meter:
     watch: StuckWatch = None       # says once why a run sits at chance, where the health figures show it
     window: object = None          # rank 0's losses since the last log step, summed on the device
     window_steps: int = 0
+    vote_every: int = 0            # steps between stop votes, agreed by the ranks (0: --print-freq)
+    synced: tuple = (0.0, 0)       # (time, step) of the last sync step
 
 
 @dataclass
@@ -137,32 +157,50 @@ def train(opts, cfg, log=print):
     if start is not None:
         cfg = weights_config(start, opts.weights, cfg)
     saved, cfg = load_resume(opts, cfg)
+    stop = StopFlag()             # before the rendezvous: a scheduler's signal during the start counts
+    try:
+        return _train_in(opts, cfg, log, start, saved, stop)
+    finally:
+        stop.restore()
+
+
+def _train_in(opts, cfg, log, start, saved, stop):
     run = Run(opts.devices, log, model=cfg.model)
     lock = None
     try:
         classes = read_classes(opts.data_path)
         lock = preflight.check(opts, run, len(classes["classes"]))
-        return run_job(opts, cfg, run, classes, start, saved)
+        return run_job(opts, cfg, run, classes, start, saved, stop)
+    except (RuntimeError, TimeoutError) as e:      # a collective or store wait ran out of time
+        if not (run.distributed and is_timeout(e)):
+            raise
+        raise run.unanswered(e, opts.ckpt_path) from None
     finally:
         if lock is not None:
             lock.release()
         run.close()
 
 
-def run_job(opts, cfg, run, classes, start=None, saved=None):
+def run_job(opts, cfg, run, classes, start=None, saved=None, stop=None):
     for note in configure(run.device, opts.tf32, opts.deterministic) + amp_note(opts.amp):
         run.log(f"speed mode, departs from the paper's float32 arithmetic: {note}")
     job = build_job(opts, cfg, run, classes, start, saved)
     if opts.stop_at_step and job.state.step >= opts.stop_at_step:      # resumed at its stop: no step more
         run.log(f"{opts.ckpt_path} is at step {job.state.step}, --stop-at-step {opts.stop_at_step}: nothing to do")
         return _result(job, stopped=True)
-    stop = StopFlag()
+    own_flag = stop is None
+    stop = stop or StopFlag()
+    stop.catch(signal.SIGINT)
     try:
+        _clear_stopped(job)
+        if run.all_sum([stop.requested])[0]:         # signalled while starting: nothing new to save
+            return _stopped_by_signal(job, stop, "before its first step", saved=False)
         for epoch in range(job.state.epoch, cfg.epochs):
             if train_one_epoch(job, epoch, stop) or end_epoch(job, epoch, stop):
                 return _result(job, stopped=True)
     finally:
-        stop.restore()
+        if own_flag:
+            stop.restore()
     run.log(f"done: {cfg.epochs} epochs, best val top-1 error {job.state.best:.4f}; checkpoints in {opts.output_dir}")
     return _result(job, stopped=False)
 
@@ -220,11 +258,13 @@ def train_one_epoch(job, epoch, stop):
     device = input_device(parts.net)
     clock = {"start": time.time(), "done": parts.sampler.start // batch, "steps": 0}
     t_data = time.time()
+    job.meter.synced = (t_data, state.step)      # the step time excludes validation and the loader's start
     for images, labels in parts.loader:
         data_time = time.time() - t_data
         x, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         log_due = (clock["done"] + 1) % opts.print_freq == 0 or clock["done"] + 1 == parts.steps_per_epoch
         stop_at = bool(opts.stop_at_step) and state.step + 1 >= opts.stop_at_step
+        vote_due = (state.step + 1) % (job.meter.vote_every or opts.print_freq) == 0
         if log_due and job.run.main:
             parts.health.arm()              # measured on the device; read at the log step below
         loss, logits = train_step(parts.model, parts.optimizer, x, y, opts.amp)
@@ -234,14 +274,18 @@ def train_one_epoch(job, epoch, stop):
         clock["done"] += 1
         clock["steps"] += 1
         parts.sampler.start += batch
-        if log_due or stop_at:              # the only host synchronisation of a step
+        if log_due or stop_at or vote_due:  # the only host synchronisation of a step
             stop_vote, due_vote = sync_step(job, loss, stop)
             if log_due:
                 log_step(job, clock, logits, y.to(logits.device), data_time)
-            if stop_vote or stop_at:
+            if stop_vote:
                 checkpoint(job, [opts.ckpt_path])
-                job.run.log(f"stopped {'by signal' if stop_vote else 'at --stop-at-step'} at epoch {epoch} step "
-                            f"{state.step}: checkpoint written to {opts.ckpt_path}; continue with --resume auto")
+                _stopped_by_signal(job, stop, f"at epoch {epoch} step {state.step}")
+                return True
+            if stop_at:
+                checkpoint(job, [opts.ckpt_path])
+                job.run.log(f"stopped at --stop-at-step at epoch {epoch} step {state.step}: checkpoint written "
+                            f"to {opts.ckpt_path}; continue with --resume auto")
                 return True
             if due_vote:
                 checkpoint(job, [opts.ckpt_path])
@@ -267,16 +311,45 @@ def sync_step(job, loss, stop):
     """Mean loss over ranks, the stop and checkpoint-due votes, and a stop with one line if
     any rank's loss or weights are not finite (so no checkpoint is written from them).
     Returns (stop voted, checkpoint due)."""
-    opts, meter = job.opts, job.meter
-    due = opts.checkpoint_minutes > 0 and time.time() - meter.last_save > 60 * opts.checkpoint_minutes
-    loss_sum, stops, dues, bad = job.run.all_sum([loss.item(), stop.requested, due,
-                                                  not _weights_finite(job.parts.net)])
+    opts, meter, now = job.opts, job.meter, time.time()
+    due = opts.checkpoint_minutes > 0 and now - meter.last_save > 60 * opts.checkpoint_minutes
+    step_s = (now - meter.synced[0]) / max(1, job.state.step - meter.synced[1])
+    loss_sum, stops, dues, bad, step_sum = job.run.all_sum([loss.item(), stop.requested, due,
+                                                            not _weights_finite(job.parts.net), step_s])
     meter.mean_loss = loss_sum / job.run.world
+    meter.vote_every, meter.synced = vote_interval(step_sum / job.run.world, opts.print_freq), (now, job.state.step)
     if bad or not math.isfinite(meter.mean_loss):
         what = f"loss is {meter.mean_loss}" if not math.isfinite(meter.mean_loss) else "weights are not finite"
         raise TrainingError(f"{what} at epoch {job.state.epoch} step {job.state.step}: training diverged; lower "
                             f"--lr (the last good checkpoint, {opts.ckpt_path}, is untouched)")
     return stops > 0, dues > 0
+
+
+def vote_interval(step_seconds, print_freq):
+    """Steps between stop votes: --print-freq, or fewer where that many steps take longer than
+    STOP_CHECK_SECONDS (every step, where one does). Every rank computes it from the same sum."""
+    return max(1, min(print_freq, int(STOP_CHECK_SECONDS // max(step_seconds, 1e-9))))
+
+
+def _clear_stopped(job):
+    if job.run.main:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(job.opts.output_dir, STOPPED_MARKER))
+
+
+def _stopped_by_signal(job, stop, where, saved=True):
+    """The line (with the time from the signal to the checkpoint's rename, where rank 0 got
+    one) and, for a run with epochs left, the marker a job script requeues on."""
+    opts, state, run = job.opts, job.state, job.run
+    took = time.time() - stop.at if stop.at and saved else None
+    what = (f"checkpoint written to {opts.ckpt_path}" + (f" {took:.1f} s after the signal" if took else "")
+            if saved else "nothing new to save")
+    run.log(f"stopped by signal {where}: {what}; continue with --resume auto")
+    if run.main and state.epoch < job.cfg.epochs:
+        write_json(os.path.join(opts.output_dir, STOPPED_MARKER),
+                   {"epoch": state.epoch, "step": state.step, "epochs": job.cfg.epochs,
+                    "checkpoint": opts.ckpt_path, "signal_to_checkpoint_s": took})
+    return _result(job, stopped=True)
 
 
 def validate(job):
@@ -307,6 +380,6 @@ def end_epoch(job, epoch, stop):
     # model_best.pt first: a kill between the two then repeats the epoch, and rewrites both.
     checkpoint(job, best + [job.opts.ckpt_path])
     if run.all_sum([stop.requested])[0]:
-        run.log(f"stopped by signal after epoch {epoch}: checkpoint written to {job.opts.ckpt_path}")
+        _stopped_by_signal(job, stop, f"after epoch {epoch}")
         return True
     return False
