@@ -20,7 +20,7 @@ def parse_args(argv):
     p.add_argument("--names", help="file of '<folder> <human name>' lines, kept with the class list")
     p.add_argument("--format", choices=("raw", "jpeg"), default="raw",
                    help="raw: uint8 pixels, fastest and exact (196 KB/image); "
-                        "jpeg: quality-95 JPEG, ~8x smaller (for ImageNet-sized sets)")
+                        "jpeg: quality-95 JPEG, about 7x smaller (for ImageNet-sized sets)")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--val-split", type=float, metavar="F",
                        help="class folders with no val split: hold out about a fraction F of each class, "

@@ -7,11 +7,11 @@ resumable sampler and the workers; `demo_set` the built-in procedural set.
 
 A store (made by `alexnet_mp.data.prepare`) holds, per split, every image at
 256x256x3 in one file read through a memory map, in one of two formats (the
-README has the measurements behind them):
+measurements behind them are in docs/data.md):
 
 * raw: uint8 pixels, a sample is one contiguous 196,608-byte read with nothing
   to decode. Fastest, exact; about 250 GB for ImageNet's training set.
-* jpeg: the 256x256 images re-encoded at quality 95, about 8x smaller, decoded
+* jpeg: the 256x256 images re-encoded at quality 95, about 7x smaller, decoded
   per sample with torchvision.io.
 
 Layout:

@@ -14,7 +14,7 @@ from alexnet_mp.errors import StoreError
 
 try:
     # torchvision 0.29 marks its codecs deprecated in favour of torchcodec and warns
-    # on every call, but its decoder is still the fastest here (README); PIL takes
+    # on every call, but its decoder is still the fastest here (docs/data.md); PIL takes
     # over once it is gone.
     warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                             category=DeprecationWarning)
