@@ -20,6 +20,7 @@ import sys
 import tempfile
 
 from alexnet_mp.config import COLUMN_CHOICES, INIT_CHOICES, INPUT_SCALE_CHOICES, ModelConfig
+from alexnet_mp.distributed.placement import DEVICE_NAME
 from alexnet_mp.errors import UsageError
 from alexnet_mp.files import write_target
 from alexnet_mp.numerics import AMP_DTYPES
@@ -101,6 +102,27 @@ def add_speed_flags(p):
                    help="autocast speed mode (LRN, softmax and loss stay float32); not the paper's arithmetic")
     p.add_argument("--tf32", action="store_true",
                    help="TF32 convolutions and matmuls on Ampere or newer GPUs; not the paper's float32")
+
+
+def device_name(text):
+    """argparse type of --device: cpu, cuda, cuda:N or mps (tools/benchmark.py's values)."""
+    if not DEVICE_NAME.match(text):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a device: pass cpu, cuda, cuda:N or mps")
+    return text
+
+
+def add_device_flag(p):
+    """--device, torchvision's flag: the one-device (grouped) placement on that device."""
+    p.add_argument("--device", type=device_name,
+                   help="run the grouped placement on this device: cpu, cuda, cuda:N or mps (Apple GPU); "
+                        "a device not here falls back with a warning. Default: the first GPU, else the CPU")
+
+
+def check_one_placement(args):
+    """--device (one device) and --devices (two) ask for different placements: one of them, not both."""
+    if args.device is not None and getattr(args, "devices", None) is not None:
+        raise UsageError(f"--device {args.device} and --devices {args.devices} both given: --device runs the "
+                         f"one-device placement, --devices a,b the two-device one; pass one of them")
 
 
 def add_variant_flags(p):

@@ -6,7 +6,8 @@ import csv
 import os
 import sys
 
-from alexnet_mp.cli import ArgumentParser, add_speed_flags, check_at_least, check_output_file, tool
+from alexnet_mp.cli import (ArgumentParser, add_device_flag, add_speed_flags, check_at_least, check_one_placement,
+                            check_output_file, tool)
 from alexnet_mp.data.store import Store
 from alexnet_mp.distributed.launch import Run
 from alexnet_mp.eval.run import EvalOptions, evaluate, table
@@ -21,6 +22,7 @@ def parse_args(argv):
     p.add_argument("--crops", type=int, choices=(1, 10), default=10)
     p.add_argument("--devices", help="two devices for the two-device placement, e.g. cuda:0,cuda:1; under "
                                      "torchrun 'cuda' or 'cpu'")
+    add_device_flag(p)
     add_speed_flags(p)
     p.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward (x crops)")
     p.add_argument("-j", "--workers", type=int, default=min(8, os.cpu_count() or 1))
@@ -28,6 +30,7 @@ def parse_args(argv):
     p.add_argument("--predictions", help="write one CSV row per image: path, true class, top-5, probabilities")
     args = p.parse_args(argv)
     check_at_least(("-b", args.batch_size, 1), ("-j", args.workers, 0))
+    check_one_placement(args)
     for flag, path, example in (("--json", args.json, "eval.json"), ("--predictions", args.predictions, "p.csv")):
         if path:
             check_output_file(path, flag, example=example)      # before the evaluation, not after it
@@ -50,7 +53,7 @@ def main(argv=None):
     args = parse_args(argv)
     Store(args.data_path, args.split)  # the store's checks take milliseconds, the checkpoint's load seconds
     state = load(args.checkpoint)      # its variant decides the placement: the 1-column net is grouped only
-    run = Run(args.devices, model=model_config(state))
+    run = Run(args.devices, model=model_config(state), device=args.device)
     opts = EvalOptions(args.checkpoint, args.data_path, args.split, args.crops, args.batch_size, args.workers,
                        args.amp, args.tf32)
     try:

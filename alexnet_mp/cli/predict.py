@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import torch
 
-from alexnet_mp.cli import ArgumentParser, shown, tool
+from alexnet_mp.cli import ArgumentParser, add_device_flag, shown, tool
 from alexnet_mp.data.images import IMAGE_EXTENSIONS, to_256
 from alexnet_mp.data.transforms import EvalTransform
-from alexnet_mp.distributed.placement import input_device
+from alexnet_mp.distributed.placement import input_device, one_device
 from alexnet_mp.errors import UsageError
 from alexnet_mp.eval.inference import load_for_inference
 from alexnet_mp.numerics import configure
@@ -82,9 +82,12 @@ def main(argv=None):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-path", help="prepared store, for a bare state dict's classes and mean image")
     p.add_argument("--crops", type=int, choices=(1, 10), default=10)
+    add_device_flag(p)
     args = p.parse_args(argv)
     paths = expand(args.inputs)
-    model, classes, names, mean = load_for_inference(args.checkpoint, args.data_path, need_mean=True)
+    devices = [one_device(args.device, warn=lambda line: print(line, file=sys.stderr))] if args.device else None
+    model, classes, names, mean = load_for_inference(args.checkpoint, args.data_path, devices=devices,
+                                                     need_mean=True)
     configure(input_device(model))      # float32 as tools/evaluate.py runs it (a GPU would run TF32 convs)
     transform = EvalTransform(mean, args.crops, model.config.input_scale, crop=model.config.crop)
     failed = sum(report(model, paths[i:i + IMAGES_PER_FORWARD], transform, args.crops, classes, names)

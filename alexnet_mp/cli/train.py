@@ -3,17 +3,17 @@
 The code behind tools/train.py, whose docstring has the exact command lines.
 """
 import os
-import re
 import sys
 
-from alexnet_mp.cli import ArgumentParser, add_speed_flags, add_variant_flags, check_ranges, epoch_list, tool
+from alexnet_mp.cli import (ArgumentParser, add_device_flag, add_speed_flags, add_variant_flags, check_one_placement,
+                            check_ranges, epoch_list, tool)
 from alexnet_mp.config import ModelConfig, TrainConfig
 from alexnet_mp.data.demo_set import default_cache_dir, demo_store
+from alexnet_mp.distributed.placement import DEVICE_NAME as DEVICE
 from alexnet_mp.errors import UsageError
 from alexnet_mp.train.loop import Options, train
 
 PAPER, PAPER_MODEL = TrainConfig(), ModelConfig()
-DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
 def parser():
@@ -22,6 +22,7 @@ def parser():
     p.add_argument("--output-dir", default="runs/alexnet", help="checkpoints and metrics.jsonl")
     p.add_argument("--devices", help="two devices for the two-device placement, e.g. cuda:0,cuda:1; under "
                                      "torchrun 'cuda' (one GPU per rank, else an error) or 'cpu' (gloo)")
+    add_device_flag(p)
     p.add_argument("-b", "--batch-size", type=int, default=PAPER.batch_size, help="images per replica")
     p.add_argument("--epochs", type=int, default=PAPER.epochs)
     p.add_argument("--lr", type=float, default=PAPER.lr)
@@ -55,6 +56,7 @@ def parser():
 def check_args(args):
     """Every argument's range, before anything is read or built: one line naming the flag and the fix."""
     check_ranges(args)
+    check_one_placement(args)
     if args.devices is not None:
         names = [d.strip() for d in args.devices.split(",")]
         bad = [d for d in names if not DEVICE.match(d)]
@@ -81,7 +83,8 @@ def config_from_args(args):
 
 
 def options_from_args(args, data_path):
-    return Options(data_path=data_path, output_dir=args.output_dir, devices=args.devices, workers=args.workers,
+    return Options(data_path=data_path, output_dir=args.output_dir, devices=args.devices, device=args.device,
+                   workers=args.workers,
                    resume=args.resume, weights=args.weights, checkpoint_minutes=args.checkpoint_minutes,
                    print_freq=args.print_freq, stop_at_step=args.stop_at_step, amp=args.amp, tf32=args.tf32,
                    deterministic=args.deterministic)

@@ -80,6 +80,13 @@ class Loader(torch.utils.data.DataLoader):
             signal.pthread_sigmask(signal.SIG_SETMASK, old)   # one that came meanwhile is delivered now
 
 
+def pins_memory(device):
+    """Whether batches bound for `device` go through page-locked memory: only for CUDA, whose copy
+    engine reads it while the GPU computes (non_blocking). The CPU needs no copy, and Apple's GPU
+    (MPS) shares the CPU's memory; torch's pinning is CUDA's."""
+    return torch.device(device).type == "cuda"
+
+
 def train_loader(store_root, batch_size, workers, seed=0, replicas=1, replica=0, pca_std=0.1, input_scale="raw",
                  pin_memory=False, crop=CROP):
     """`crop`: the model config's (224 for the paper's net, 227 for Caffe's bvlc_alexnet)."""

@@ -20,6 +20,7 @@ from alexnet_mp.config import check_placement, grouped_only
 from alexnet_mp.errors import LaunchError
 from alexnet_mp.distributed.parallel import Topology, check_world
 from alexnet_mp.distributed.slurm import adopt_srun_step, cpus_per_rank
+from alexnet_mp.distributed.placement import one_device
 from alexnet_mp.model.arch import COLUMNS
 
 
@@ -100,15 +101,18 @@ def torchrun_wanted(devices):
     return kinds.pop()
 
 
-def choose_placement(devices=None, cuda_count=None, warn=print, model=None):
+def choose_placement(devices=None, cuda_count=None, warn=print, model=None, device=None):
     """Pick what can run in one process: ("two-device"|"grouped", [device names]).
 
     Requested placements that cannot be hosted fall back to the nearest one that
     can, with a one-line warning, instead of crashing. A network that runs grouped
     only (`model`: the one-column net, or an LRN across the columns) gets the
-    grouped placement, and is refused in another one asked for.
+    grouped placement, and is refused in another one asked for. `device` (--device)
+    asks for the grouped placement on that one device.
     """
     n = torch.cuda.device_count() if cuda_count is None else cuda_count
+    if device is not None:
+        return "grouped", [one_device(device, warn, n)]
     if model is not None and grouped_only(model):
         check_placement(model.columns, "two-device" if devices else "grouped", model.lrn_across_columns)
         return "grouped", ["cuda:0" if n else "cpu"]
@@ -236,8 +240,9 @@ def unanswered_line(silent, timeout_s, ckpt):
 class Run:
     """Where this process sits: placement, rank, replica, and whether it speaks."""
 
-    def __init__(self, devices=None, log=print, model=None):
-        """`model`: the ModelConfig of the network to place (a grouped-only one is placed grouped)."""
+    def __init__(self, devices=None, log=print, model=None, device=None):
+        """`model`: the ModelConfig of the network to place (a grouped-only one is placed grouped);
+        `device` (--device): the grouped placement on it, or under torchrun each rank's kind of device."""
         env = torchrun_env()
         self.rank, self.world, local_rank = env or (0, 1, 0)
         self.distributed = env is not None
@@ -248,10 +253,10 @@ class Run:
             check_world(self.world)
             if model is not None:
                 check_placement(model.columns, "rank", model.lrn_across_columns)
-            backend = self._join(devices, local_rank)
+            backend = self._join(devices or device, local_rank)
             self.topology = Topology()       # the pair and same-column groups, made once per job
         else:
-            self.placement, self.devices = choose_placement(devices, warn=self.log, model=model)
+            self.placement, self.devices = choose_placement(devices, warn=self.log, model=model, device=device)
         self.replicas = self.world // COLUMNS if self.distributed else 1
         self.replica = self.rank // COLUMNS if self.distributed else 0
         self.column = self.rank % COLUMNS if self.distributed else 0

@@ -4,8 +4,11 @@
 * `two_device_alexnet(("cuda:0", "cuda:1"), ...)`: column c on device c, one process.
 * `rank_alexnet(device, ...)`: one column per process, after `init_process_group`.
 
-`build` makes the placement a launch chose (`alexnet_mp.distributed.launch`).
+`build` makes the placement a launch chose (`alexnet_mp.distributed.launch`);
+`one_device` resolves `--device` (the grouped placement on the device named).
 """
+import re
+
 import torch
 
 from alexnet_mp.distributed.exchange import DeviceExchange, ProcessExchange
@@ -37,6 +40,34 @@ def rank_alexnet(device, num_classes=1000, *, seed=None, config=None, topology=N
     if seed is None:
         broadcast_from_first_replica(net, topology)
     return net
+
+
+# --device's values, as tools/benchmark.py takes them (torchvision's references: --device).
+DEVICE_NAME = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+def mps_available():
+    """Whether this torch and this machine run Apple's GPU (MPS)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def one_device(name, warn=print, cuda_count=None):
+    """The device the grouped placement runs on for `--device name` (cpu, cuda, cuda:N, mps).
+
+    A device this machine lacks falls back to the one the tools pick by themselves (the
+    first GPU, else the CPU) with a one-line warning, as `--devices` naming a missing GPU
+    does (README: Placement fallback); only the benchmark refuses, since it would time
+    another device than the one asked for.
+    """
+    n = torch.cuda.device_count() if cuda_count is None else cuda_count
+    kind, _, index = name.partition(":")
+    if kind == "cpu" or (kind == "cuda" and int(index or 0) < n) or (kind == "mps" and mps_available()):
+        return name
+    fallback = "cuda:0" if n else "cpu"
+    why = f"{n} GPU(s) visible" if kind == "cuda" else "this torch or this machine has no Apple GPU (MPS)"
+    warn(f"warning: --device {name} not available ({why}): falling back to the grouped placement on {fallback}")
+    return fallback
 
 
 def build(placement, device_names, num_classes, *, seed=None, config=None, topology=None):

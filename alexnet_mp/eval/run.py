@@ -1,7 +1,7 @@
 """The ten-crop test of a checkpoint on a prepared store (§4.1, spec §4), in any placement."""
 from dataclasses import dataclass
 
-from alexnet_mp.data.loader import eval_loader
+from alexnet_mp.data.loader import eval_loader, pins_memory
 from alexnet_mp.distributed.placement import input_device
 from alexnet_mp.eval.inference import load_for_inference
 from alexnet_mp.eval.tencrop import gather, predict, summary
@@ -43,7 +43,7 @@ def evaluate(opts, run, state):
     variant = model_config(state)       # its input scale and crop (227 for Caffe's bvlc_alexnet)
     loader, _ = eval_loader(opts.data_path, opts.split, opts.batch_size, opts.workers, opts.crops,
                             run.replicas, run.replica, input_scale=variant.input_scale,
-                            pin_memory=run.device.type == "cuda", crop=variant.crop)
+                            pin_memory=pins_memory(run.device), crop=variant.crop)
     model, classes, _, _ = load_for_inference(opts.checkpoint, opts.data_path, run.placement, run.devices,
                                               state=state, topology=run.topology)
     result = gather(predict(model, loader, input_device(model), opts.crops, log=run.log,

@@ -35,7 +35,8 @@ def figure_formats():
     try:
         import matplotlib
     except ImportError:
-        raise UsageError("curves needs matplotlib: pip install 'alexnet_mp[viz]' (or pip install matplotlib)")
+        raise UsageError("curves and arch need matplotlib: pip install 'alexnet_mp[viz]' "
+                         "(or pip install matplotlib)")
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
     return _common_first("." + ext for ext in Figure().canvas.get_supported_filetypes())
@@ -68,9 +69,12 @@ def curves_file(metrics, out, warn):
     atomic_write(out, lambda f: figures.curves_figure(records, f, ext[1:]))
 
 
-def neighbours_file(checkpoint, data_path, query, out, k=6, batch_size=32, workers=0):
-    """Each query image's k nearest training images in fc7, drawn into `out`; (indices, store)."""
-    model, _, _, mean = load_for_inference(checkpoint, data_path, need_mean=True)
+def neighbours_file(checkpoint, data_path, query, out, k=6, batch_size=32, workers=0, device=None):
+    """Each query image's k nearest training images in fc7, drawn into `out`; (indices, store).
+    `device`: where the network runs (--device: `alexnet_mp.distributed.placement.one_device`);
+    None: the first GPU, else the CPU."""
+    model, _, _, mean = load_for_inference(checkpoint, data_path, devices=None if device is None else [device],
+                                           need_mean=True)
     configure(input_device(model))      # fc7 in float32, as tools/evaluate.py computes (a GPU would run TF32)
     store = Store(data_path, "train")
     if k > len(store):

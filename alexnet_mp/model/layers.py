@@ -203,13 +203,20 @@ def _kernels(x):
     ALEXNET_MP_LRN=eager never."""
     if torch.compiler.is_compiling():
         return lrn_forward_pure, lrn_backward_pure
-    mode = os.environ.get(KERNEL_ENV, "auto")
-    if mode not in ("auto", "fused", "eager"):
-        raise ValueError(f"{KERNEL_ENV}={mode}: choose auto, fused or eager")
-    if is_fake(x) or mode == "eager" or (mode == "auto" and not x.is_cuda):
+    if not compiles_lrn(x.device) or is_fake(x):
         _STATUS["kernel"] = "eager"     # fake tensors (placement tests) have nothing to compile for
         return _lrn_forward_eager, _lrn_backward_eager
     return _fused_or_eager(0), _fused_or_eager(1)
+
+
+def compiles_lrn(device):
+    """Whether the LRN on `device` runs the torch.compile'd kernel: on CUDA by default (Triton),
+    never on the CPU or Apple's GPU (MPS) unless ALEXNET_MP_LRN=fused asks for it, never with
+    ALEXNET_MP_LRN=eager."""
+    mode = os.environ.get(KERNEL_ENV, "auto")
+    if mode not in ("auto", "fused", "eager"):
+        raise ValueError(f"{KERNEL_ENV}={mode}: choose auto, fused or eager")
+    return mode == "fused" or (mode == "auto" and torch.device(device).type == "cuda")
 
 
 class _ColumnLRN(torch.autograd.Function):

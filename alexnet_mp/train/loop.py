@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from alexnet_mp.config import TrainConfig
-from alexnet_mp.data.loader import eval_loader, train_loader
+from alexnet_mp.data.loader import eval_loader, pins_memory, train_loader
 from alexnet_mp.data.storecheck import read_classes
 from alexnet_mp.distributed.launch import Run, is_timeout
 from alexnet_mp.distributed.parallel import apply_data_parallel
@@ -80,6 +80,7 @@ class Options:
     data_path: str                 # a prepared store (the demo's: `alexnet_mp.data.demo_set.demo_store`)
     output_dir: str = "runs/alexnet"
     devices: str = None            # --devices: None lets the launch decide
+    device: str = None             # --device: the grouped placement on this one device
     workers: int = 0
     resume: str = None             # "auto" or a training checkpoint
     weights: str = None            # a checkpoint whose weights start a fresh run
@@ -165,7 +166,7 @@ def train(opts, cfg, log=print):
 
 
 def _train_in(opts, cfg, log, start, saved, stop):
-    run = Run(opts.devices, log, model=cfg.model)
+    run = Run(opts.devices, log, model=cfg.model, device=opts.device)
     lock = None
     try:
         classes = read_classes(opts.data_path)
@@ -221,7 +222,7 @@ def build_parts(opts, cfg, run, classes):
     net = _build_net(run, len(classes["classes"]), cfg)
     loader, sampler, transform = train_loader(opts.data_path, cfg.batch_size, opts.workers, cfg.seed,
                                               run.replicas, run.replica, cfg.pca_std, cfg.model.input_scale,
-                                              pin_memory=run.device.type == "cuda", crop=cfg.model.crop)
+                                              pin_memory=pins_memory(run.device), crop=cfg.model.crop)
     steps_per_epoch = len(sampler.indices()) // cfg.batch_size
     if steps_per_epoch == 0:
         raise TrainingError(f"{opts.data_path} has {sampler.size} training images, fewer than one batch of "
@@ -357,7 +358,7 @@ def validate(job):
     run, model = job.run, job.parts.net
     loader, _ = eval_loader(job.parts.data_path, "val", job.cfg.batch_size, job.opts.workers, crops=1,
                             replicas=run.replicas, replica=run.replica, input_scale=model.config.input_scale,
-                            pin_memory=run.device.type == "cuda", crop=model.config.crop)
+                            pin_memory=pins_memory(run.device), crop=model.config.crop)
     result = gather(predict(model, loader, input_device(model), crops=1, counts_here=run.column == 0,
                             amp=job.opts.amp))
     return errors(result)
