@@ -90,7 +90,8 @@ def test_damaged_store_is_one_line_naming_the_file_and_the_rebuild(tiny_store, j
     code = train_cli.main(["--data-path", store, "--output-dir", str(out), "-j", "0"])
     line = assert_one_line_result(code, capsys, f"{os.path.join(store, name)} {message}")
     if name != "classes.json":
-        assert f"rebuild the store with `python tools/prepare_data.py {_src(tiny_store)} {store}`" in line
+        flag = " --format jpeg" if fmt == "jpeg" else ""       # the command rebuilds the store it names
+        assert f"rebuild the store with `python tools/prepare_data.py {_src(tiny_store)} {store}{flag}`" in line
     assert not out.exists()
     if repair:       # the command in the message repairs it
         prepare(_src(tiny_store), store, workers=1, fmt=fmt, log=lambda *a: None)

@@ -71,7 +71,7 @@ def test_undecodable_files_are_reported_and_counted(store):
     assert "b/truncated.JPEG" in report and "b/text.JPEG" in report
     assert len(report.splitlines()) == 2
     assert "train: 9 images converted, 2 could not be decoded" in "\n".join(lines)
-    assert any("skipped 1 non-image files" in line and "notes.txt" in line for line in lines)
+    assert any("skipped 1 entries that are not images" in line and "notes.txt" in line for line in lines)
     train = Store(str(out), "train")
     assert len(train) == 9 and read_classes(str(out))["classes"] == ["a", "b"]
 
@@ -106,7 +106,8 @@ def test_class_list_keeps_human_names_from_a_mapping_file(quirky_tree, tmp_path)
     meta = read_classes(str(tmp_path / "named"))
     assert meta == {"classes": ["a", "b"], "names": {"a": "first class, alias", "b": "second class"},
                     "source": str(quirky_tree), "exif_orientation": True,
-                    "layout": "an ImageNet-style tree (train/)", "no_val": True}
+                    "layout": "an ImageNet-style tree (train/)", "no_val": True,
+                    "prepared_with": {"format": "raw", "labels": None, "names": str(names)}}
 
 
 def test_rerun_does_no_work(quirky_tree, store):

@@ -15,6 +15,7 @@ from alexnet_mp.data.prepare import prepare
 from alexnet_mp.data.sources import hold_out
 from alexnet_mp.data.store import Store
 from alexnet_mp.data.storecheck import read_classes
+from alexnet_mp.errors import StoreError
 from tests import py2pickle
 from tests.helpers import assert_one_line_result
 
@@ -337,3 +338,84 @@ def test_bad_val_splits_are_one_line_and_leave_no_store(tmp_path, capsys):
     for flags, message in cases:
         assert_one_line_result(prepare_data.main([str(src), str(tmp_path / "store")] + flags), capsys, message)
         assert not (tmp_path / "store").exists()
+
+
+# --- what a re-run, a zip from a Mac and a half-labelled folder leave -------------------------
+
+def test_a_split_the_source_no_longer_gives_is_removed_not_kept(tmp_path):
+    """Kept, a held-out val would hold training images after --no-val, and a test/ that was
+    deleted would keep labels numbered by an older class list."""
+    src, out = tmp_path / "src", tmp_path / "store"
+    for split, n in (("train", 6), ("test", 1)):
+        for c in ("x", "y"):
+            for i in range(n):
+                _image(str(src / split / c / f"{i}.png"), seed=hash((split, c, i)) % 999)
+    _prepare(src, out, ("val_split", 0.5))
+    assert (out / "val").is_dir() and (out / "test").is_dir()
+    for i in range(6):
+        _image(str(src / "train" / "a" / f"{i}.png"), seed=500 + i)      # a new first class
+    os.rename(src / "test", tmp_path / "test.moved")
+    lines = _prepare(src, out, ("no_val", True))
+    assert not (out / "val").exists() and not (out / "test").exists()
+    assert sum("removed " in line for line in lines) == 2
+    assert_labels_match(str(out), "train", {f: f.split("/")[0] for f in Store(str(out), "train").files})
+
+
+def test_the_rebuild_command_of_a_damaged_store_repeats_its_flags(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "store"
+    for c in ("x", "y"):
+        for i in range(4):
+            _image(str(src / c / f"{i}.png"), seed=10 * ord(c) + i)
+    (tmp_path / "names.txt").write_text("x ex\ny why\n")
+    prepare(str(src), str(out), workers=1, log=lambda *a: None, fmt="jpeg", names_file=str(tmp_path / "names.txt"),
+            val_split=0.5)
+    os.remove(out / "val" / "status.u8")
+    with pytest.raises(StoreError) as e:
+        Store(str(out), "val")
+    command = str(e.value).split("`")[1].split()
+    assert command[:4] == ["python", "tools/prepare_data.py", str(src), str(out)]
+    flags = dict(zip(command[4::2], command[5::2]))
+    assert flags == {"--val-split": "0.5", "--format": "jpeg", "--names": str(tmp_path / "names.txt")}
+    assert prepare_data.main(command[2:] + ["-j", "1"]) == 0
+    assert Store(str(out), "val").format == "jpeg" and read_classes(str(out))["names"] == {"x": "ex", "y": "why"}
+
+
+def test_what_lies_beside_the_classes_is_named_and_never_a_class(tmp_path):
+    src = tmp_path / "src"
+    for c in ("x", "y"):
+        for i in range(2):
+            _image(str(src / "train" / c / f"{i}.png"), seed=10 * ord(c) + i)
+            _image(str(src / "train" / "__MACOSX" / c / f"._{i}.png"), seed=i)
+    _image(str(src / "train" / "stray.png"), seed=3)
+    os.makedirs(src / "train" / "x" / ".ipynb_checkpoints")
+    for i in range(3):
+        _image(str(src / "val" / f"v{i}.png"), seed=90 + i)
+    (tmp_path / "val.csv").write_text("v0.png,x\nv1.png,y\n")
+    lines = _prepare(src, tmp_path / "store", ("labels_csv", str(tmp_path / "val.csv")))
+    assert read_classes(str(tmp_path / "store"))["classes"] == ["x", "y"]
+    said = "\n".join(lines)
+    assert "train/__MACOSX/" in said and "train/stray.png" in said and "x/.ipynb_checkpoints/" in said
+    assert "1 images in val/ with no label row (e.g. v2.png)" in said
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_format_pickles_written_by_python3_read_too(tmp_path, protocol):
+    """Sets published in CIFAR's format are often re-pickled by Python 3: bytes keys, protocol 5."""
+    import pickle
+    made = _cifar10(tmp_path / "cifar-10-batches-py")
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        path = tmp_path / "cifar-10-batches-py" / name
+        data = pickle.loads(path.read_bytes(), encoding="latin1")
+        again = {k.encode(): ([n.encode() for n in v] if k == "label_names" else v) for k, v in data.items()}
+        path.write_bytes(pickle.dumps(again, protocol=protocol))
+    _prepare(tmp_path / "cifar-10-batches-py", tmp_path / "store")
+    assert_labels_match(str(tmp_path / "store"), "val", {ref: c for ref, (c, _) in made["val"].items()})
+
+
+def test_an_empty_val_folder_says_so_and_names_the_way_out(tmp_path, capsys):
+    for c in ("x", "y"):
+        _image(str(tmp_path / "src" / "train" / c / "0.png"), seed=ord(c))
+    os.makedirs(tmp_path / "src" / "val")
+    code = prepare_data.main([str(tmp_path / "src"), str(tmp_path / "store")])
+    assert_one_line_result(code, capsys, "val holds no images: put the val images in it (in class folders), or "
+                                         "remove it and pass --val-split 0.1")

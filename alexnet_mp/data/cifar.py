@@ -13,6 +13,7 @@ few numpy constructors that an array needs: a foreign pickle is refused unread.
 A stored image is named `<pickle file>:<row>`, so the store's report and
 predictions point at the row it came from.
 """
+import codecs
 import os
 import pickle
 
@@ -28,17 +29,27 @@ LAYOUTS = {
                      "labels", "label_names"),
     "meta": ("CIFAR-100", ["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
 }
-# What an array's pickle names: numpy's reconstructor, the array and dtype types.
+# What an array's pickle names, and nothing else: numpy's reconstructors (Python 2's, and
+# protocol 5's `_frombuffer`), the array and dtype types, and the codec that Python 3's
+# protocol 2 writes bytes with (for the CIFAR-format sets others publish).
+_SAFE = {"_reconstruct": np.array(0).__reduce__()[0], "ndarray": np.ndarray, "dtype": np.dtype,
+         "_frombuffer": lambda buf, dtype, shape, order: np.frombuffer(buf, dtype).reshape(shape, order=order),
+         "encode": codecs.encode}
 _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"), ("numpy", "dtype")}
-_RECONSTRUCT = np.array(0).__reduce__()[0]
+            ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}
 
 
 class _ArraysOnly(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR archive never does")
-        return _RECONSTRUCT if name == "_reconstruct" else getattr(np, name)
+        return _SAFE[name]
+
+
+def _text(v):
+    """A key or name as str: re-pickled archives carry bytes where CIFAR's carry str."""
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
 
 
 def load(path):
@@ -54,7 +65,7 @@ def load(path):
     if not isinstance(data, dict):
         raise StoreError(f"{path} holds a {type(data).__name__}, not a CIFAR dict: pass the folder of the "
                          f"python version of CIFAR")
-    return data
+    return {_text(k): v for k, v in data.items()}
 
 
 def detect(src):
@@ -75,6 +86,7 @@ def detect(src):
 def _names(src, meta_file, key):
     meta = load(os.path.join(src, meta_file))
     names = meta.get(key)
+    names = [_text(n) for n in names] if isinstance(names, list) else names
     if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
             and len(set(names)) == len(names)):
         raise StoreError(f"{os.path.join(src, meta_file)} has no list of distinct names under '{key}': "
@@ -86,10 +98,10 @@ def _labels(path, data, key, count):
     """The label list of one archive file, checked against its data and the class count."""
     images, labels = data.get("data"), data.get(key)
     if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2
-            and images.shape[1] == ROW):
+            and images.shape[1] == ROW and len(images)):
         shape = getattr(images, "shape", None)
-        raise StoreError(f"{path}: 'data' is not an N x {ROW} uint8 array (found {shape}): download the "
-                         f"archive again")
+        raise StoreError(f"{path}: 'data' is not an N x {ROW} uint8 array with N > 0 (found {shape}): download "
+                         f"the archive again")
     if not (isinstance(labels, list) and len(labels) == len(images)
             and all(isinstance(v, int) and 0 <= v < count for v in labels)):
         raise StoreError(f"{path}: '{key}' is not {len(images)} labels in 0..{count - 1}: download the "
@@ -107,7 +119,9 @@ def scan(src):
     classes = sorted(names)
     to_sorted = [classes.index(n) for n in names]
     splits, coarse = {}, {}
-    coarse_names = _names(src, meta_file, "coarse_label_names") if layout == "CIFAR-100" else None
+    # The coarse classes are kept where the archive has them; the fine labels alone make the store.
+    coarse_names = (_names(src, meta_file, "coarse_label_names")
+                    if layout == "CIFAR-100" and "coarse_label_names" in load(os.path.join(src, meta_file)) else None)
     for split, archive in (("train", train_files), ("val", val_files)):
         files, labels = [], []
         for name in archive:
@@ -116,7 +130,7 @@ def scan(src):
             rows = _labels(path, data, label_key, len(names))
             files += [f"{name}:{i}" for i in range(len(rows))]
             labels += [to_sorted[v] for v in rows]
-            if coarse_names:
+            if coarse_names and "coarse_labels" in data:
                 for fine, big in zip(rows, _labels(path, data, "coarse_labels", len(coarse_names))):
                     coarse.setdefault(names[fine], coarse_names[big])
         splits[split] = (files, labels)

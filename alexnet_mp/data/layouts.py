@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from alexnet_mp.data import cifar
 from alexnet_mp.data.images import IMAGE_EXTENSIONS
-from alexnet_mp.data.sources import (HOLDOUT_RULE, hold_out, is_image, read_names, scan_flat, scan_folders,
-                                     subfolders, text_lines)
+from alexnet_mp.data.sources import (HOLDOUT_RULE, hold_out, is_image, loose, read_names, scan_flat,
+                                     scan_folders, subfolders, text_lines, unlabelled)
 from alexnet_mp.errors import StoreError
 
 VAL_FOLDERS = ("val", "valid", "validation")
@@ -88,7 +88,9 @@ def read_source(src, out, opts=SourceOptions()):
         source.names = read_names(opts.names_file)
         source.labels_from["names"] = f"--names {opts.names_file}"
     source.names = {c: source.names[c] for c in source.classes if c in source.names}
-    source.unused = [u for u in source.unused if u.split(" (")[0] != beside]     # the store itself
+    out_name = os.path.basename(os.path.normpath(out))
+    source.unused = [u for u in source.unused if os.path.basename(u.split(" (")[0]) != out_name]   # the store itself
+    source.unused = [u for u in source.unused if u]
     return source
 
 
@@ -129,7 +131,10 @@ def _kaggle_imagenet(src, opts):
     if os.path.isdir(os.path.join(src, CLS_LOC)):
         top, root = src, os.path.join(src, CLS_LOC)
     elif os.path.basename(os.path.normpath(src)) == "CLS-LOC" and os.path.isdir(os.path.join(src, "train")):
-        top, root = os.path.normpath(os.path.join(src, os.pardir, os.pardir, os.pardir)), src
+        up = os.path.normpath(os.path.join(src, os.pardir, os.pardir, os.pardir))
+        # Kaggle's top folder, where CLS-LOC still sits in it; else the CLS-LOC folder alone.
+        inside = os.path.realpath(os.path.join(up, CLS_LOC)) == os.path.realpath(src)
+        top, root = (up if inside else src), src
     else:
         return None
     solution, mapping = opts.labels_csv or _beside(LOC_SOLUTION, top, root), _beside(LOC_NAMES, top, root)
@@ -141,7 +146,10 @@ def _kaggle_imagenet(src, opts):
     vroot = os.path.join(root, "val")
     vfiles, vlabels = scan_flat(vroot, solution, classes)
     names = read_names(mapping) if mapping else {}
+    gap = unlabelled(vroot, vfiles, "val/")
     prefix = CLS_LOC if top != root else ""
+    gap = [gap] if gap else []
+    gap += [os.path.join(prefix, e) for e in loose(os.path.join(root, "train"), "train")]
     unused = [os.path.join(prefix, e) for e in _unused(root, {"train", "val", LOC_SOLUTION, LOC_NAMES},
                                                        {"test": "unlabelled"})]
     if top != root:
@@ -150,14 +158,21 @@ def _kaggle_imagenet(src, opts):
                                                     sorted(os.listdir(os.path.join(top, "ILSVRC"))) if e != "Data"]
     return Source("Kaggle's ImageNet (ILSVRC/Data/CLS-LOC)", classes,
                   {"train": Split(os.path.join(root, "train"), files, labels), "val": Split(vroot, vfiles, vlabels)},
-                  {"train": "train/<wnid>/ folders", "val": solution, **({"names": mapping} if mapping else {})},
-                  names=names, unused=unused, skipped=skipped)
+                  {"train": "train/<wnid>/ folders", "val": solution,
+                   "names": mapping or f"none ({LOC_NAMES} not found; pass it with --names)"},
+                  names=names, unused=unused + gap, skipped=skipped)
 
 
 def _tiny_imagenet(src, opts):
     annotations = os.path.join(src, "val", "val_annotations.txt")
-    if not (os.path.isfile(os.path.join(src, "wnids.txt")) and os.path.isfile(annotations)):
+    marks = {"wnids.txt": os.path.join(src, "wnids.txt"), "val/val_annotations.txt": annotations}
+    found = [name for name, path in marks.items() if os.path.isfile(path)]
+    if not found:
         return None
+    if len(found) < len(marks):
+        missing = next(name for name in marks if name not in found)
+        raise StoreError(f"{src} looks like TinyImageNet-200 ({found[0]}) but has no {missing}: restore the "
+                         f"folder as it was downloaded")
     _own_val("TinyImageNet", opts)
     wnids = [line.strip() for _, line in text_lines(os.path.join(src, "wnids.txt"), "wnids.txt") if line.strip()]
     classes, files, labels, skipped = scan_folders(os.path.join(src, "train"))
@@ -167,17 +182,21 @@ def _tiny_imagenet(src, opts):
                 else f"wnids.txt lists classes with no train/ folder ({', '.join(missing[:3])})")
         raise StoreError(f"{src}: {what}: restore the TinyImageNet folder as it was downloaded")
     vfiles, vlabels = _tiny_val(os.path.join(src, "val"), annotations, classes)
+    gap = unlabelled(os.path.join(src, "val", "images"), [f[len("images/"):] for f in vfiles], "val/images/")
     boxes = [s for s in skipped if s.endswith("_boxes.txt")]
     words = os.path.join(src, "words.txt")
     names = read_names(words) if os.path.isfile(words) else {}
     unused = _unused(src, {"train", "val", "wnids.txt", "words.txt"}, {"test": "unlabelled"})
     if boxes:
         unused.append(f"train/<wnid>/<wnid>_boxes.txt ({len(boxes)} box files)")
+    if gap:
+        unused.append(gap)
+    unused += loose(os.path.join(src, "train"), "train")
     return Source("TinyImageNet-200", classes,
                   {"train": Split(os.path.join(src, "train"), files, labels),
                    "val": Split(os.path.join(src, "val"), vfiles, vlabels)},
                   {"train": "train/<wnid>/images/ (classes from wnids.txt)", "val": annotations,
-                   **({"names": words} if names else {})},
+                   "names": words if names else "none (words.txt not found; pass it with --names)"},
                   names=names, unused=unused, skipped=[s for s in skipped if s not in boxes])
 
 
@@ -242,7 +261,8 @@ def _split_tree(src, opts):
             used.add("test")
         else:
             why["test"] = "unlabelled" if not folders else "its folders are not train/'s classes"
-    unused = _unused(src, used, why)
+    unused = _unused(src, used, why) + [e for d in sorted(used) if subfolders(os.path.join(src, d))
+                                        for e in loose(os.path.join(src, d), d)]
     return Source(f"an ImageNet-style tree (train/{f', {val}/' if val else ''}"
                   f"{', test/' if 'test' in splits else ''})", classes, splits, said, unused=unused,
                   skipped=skipped, extra=_holdout_record(opts) if val is None else {})
@@ -252,11 +272,16 @@ def _labelled(root, classes, labels_csv, skipped, name):
     """(Split, where its labels came from) of a val or test folder: class folders, or flat with a CSV."""
     folders = subfolders(root)
     if not folders:
+        if not any(is_image(f) for f in os.listdir(root)):
+            raise StoreError(f"{root} holds no images: put the {name} images in it (in class folders), or "
+                             f"remove it" + (" and pass --val-split 0.1 to hold out part of train/"
+                                             if name in VAL_FOLDERS else ""))
         if not labels_csv:
             raise StoreError(f"{root} has no class folders: pass --labels CSV (rows filename,class, or "
                              f"Kaggle's {LOC_SOLUTION}) to label its images")
         files, labels = scan_flat(root, labels_csv, classes)
-        return Split(root, files, labels), labels_csv
+        gap = unlabelled(root, files, f"{name}/")
+        return Split(root, files, labels), labels_csv + (f"; not used: {gap}" if gap else "")
     if labels_csv:
         raise StoreError(f"--labels {labels_csv} labels a flat {name}/ folder, and {root} has class folders: "
                          f"drop --labels")
@@ -303,6 +328,5 @@ def _class_folders(src, opts):
                          f"folders with no split: drop --labels")
     classes, files, labels, skipped = scan_folders(src)
     splits, said = _no_val_split(src, src, classes, files, labels, opts, "")
-    return Source("class folders with no split", classes, splits, said,
-                  unused=[f for f in sorted(os.listdir(src)) if f not in folders], skipped=skipped,
-                  extra=_holdout_record(opts))
+    return Source("class folders with no split", classes, splits, said, skipped=skipped,
+                  unused=loose(src, ""), extra=_holdout_record(opts))

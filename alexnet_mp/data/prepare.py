@@ -214,11 +214,14 @@ def _stats_readable(out):
         return False
 
 
-def _classes_record(out, source, src, log):
+def _classes_record(out, source, src, opts, log):
     """classes.json's contents. A store that already holds images keeps its record of their
-    orientation: one prepared before it was applied has none, and is told how to rebuild."""
+    orientation: one prepared before it was applied has none, and is told how to rebuild.
+    The flags that shaped it are kept for the rebuild command a damaged store prints."""
+    given = {"format": opts["fmt"], "labels": opts["labels_csv"], "names": opts["names_file"]}
     meta = {"classes": source.classes, "names": source.names, "source": os.path.abspath(src), ORIENTED: True,
-            "layout": source.layout, **source.extra}
+            "layout": source.layout, **source.extra,
+            "prepared_with": {k: (os.path.abspath(v) if v and k != "format" else v) for k, v in given.items()}}
     try:
         with open(os.path.join(out, "classes.json"), "rb") as f:
             old = json.loads(f.read())
@@ -232,14 +235,30 @@ def _classes_record(out, source, src, log):
     return meta
 
 
+def _remove_stale_splits(out, source, log):
+    """Remove the splits of an earlier prepare that SRC no longer gives (another --val-split
+    choice, a test/ folder gone): kept, they would hold training images, or labels by
+    another class list. They are prepare's own output, made again from SRC if it gives them."""
+    for split in sorted(os.listdir(out)):
+        folder = os.path.join(out, split)
+        if split in source.splits or not os.path.isfile(os.path.join(folder, "index.json")):
+            continue
+        for name in ("images.u8", "images.jpg"):       # a link's target, on the disk it points to
+            path = os.path.join(folder, name)
+            if os.path.islink(path) and os.path.isfile(os.path.realpath(path)):
+                os.remove(os.path.realpath(path))
+        shutil.rmtree(folder)
+        log(f"removed {folder}: a split of an earlier prepare that {source.layout} does not give now")
+
+
 def describe(source, src, log):
     """What SRC was taken for and where each split's labels came from; what was not read."""
     log(source.summary(src))
     if source.unused:
         log(f"not used: {', '.join(source.unused)}")
     if source.skipped:
-        log(f"skipped {len(source.skipped)} non-image files (not {'/'.join(IMAGE_EXTENSIONS[:3])}...), "
-            f"e.g. {source.skipped[0]}")
+        log(f"skipped {len(source.skipped)} entries that are not images in a class folder (not "
+            f"{'/'.join(IMAGE_EXTENSIONS[:3])}..., or hidden), e.g. {source.skipped[0]}")
 
 
 def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", log=print, val_split=None,
@@ -256,7 +275,10 @@ def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", lo
     describe(source, src, log)
     lock = claim(out, ("classes.json",), "OUT", log, record=False)
     try:
-        write_json_if_changed(os.path.join(out, "classes.json"), _classes_record(out, source, src, log))
+        _remove_stale_splits(out, source, log)
+        record = _classes_record(out, source, src, {"fmt": fmt, "labels_csv": labels_csv, "names_file": names_file},
+                                 log)
+        write_json_if_changed(os.path.join(out, "classes.json"), record)
         counts = {}
         for split, part in source.splits.items():
             folder = os.path.join(out, split)

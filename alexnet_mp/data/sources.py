@@ -16,16 +16,32 @@ from alexnet_mp.errors import StoreError
 LOC_HEADER = ("imageid", "predictionstring")
 
 
+def loose(root, where):
+    """What lies in `root` beside its class folders (files, hidden or archiver folders), each
+    named with `where` before it, for the not-used line."""
+    classes = set(subfolders(root))
+    return [os.path.join(where, e) + ("/" if os.path.isdir(os.path.join(root, e)) else "")
+            for e in sorted(os.listdir(root)) if e not in classes]
+
+
 def is_image(name):
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def is_metadata(name):
+    """A folder that a file browser or an archiver made, never a class: `.ipynb_checkpoints`,
+    `.DS_Store`-style hidden entries, and the `__MACOSX` folder of a zip made on a Mac."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def subfolders(root):
-    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not is_metadata(d))
 
 
 def scan_folders(root):
-    """(classes, files relative to root, labels, skipped non-image files) of an ImageFolder tree."""
+    """(classes, files relative to root, labels, skipped) of an ImageFolder tree; `skipped`
+    names what was not read inside the class folders: non-image files, and hidden or archiver
+    folders (with a trailing /). `loose` names what lies beside them."""
     classes = subfolders(root)
     if not classes:
         raise StoreError(f"{root} has no class folders: expected {root}/<class>/<image> "
@@ -33,7 +49,14 @@ def scan_folders(root):
     files, labels, skipped = [], [], []
     for label, name in enumerate(classes):
         found = 0
-        for dirpath, _, names in sorted(os.walk(os.path.join(root, name))):
+        # Links are followed, as torchvision's ImageFolder follows them: a class folder that
+        # links in more images holds them.
+        walked = []
+        for dirpath, dirs, names in os.walk(os.path.join(root, name), followlinks=True):
+            skipped += [os.path.relpath(os.path.join(dirpath, d), root) + "/" for d in dirs if is_metadata(d)]
+            dirs[:] = [d for d in dirs if not is_metadata(d)]
+            walked.append((dirpath, names))
+        for dirpath, names in sorted(walked):
             for f in sorted(names):
                 rel = os.path.relpath(os.path.join(dirpath, f), root)
                 if is_image(f):
@@ -115,6 +138,13 @@ def scan_flat(root, labels_csv, classes):
     return files, labels
 
 
+def unlabelled(root, files, where):
+    """The not-used line for images in the flat folder `root` that no label row names, or None."""
+    listed = set(files)
+    left = sorted(f for f in os.listdir(root) if is_image(f) and f not in listed)
+    return f"{len(left)} images in {where} with no label row (e.g. {left[0]})" if left else None
+
+
 def read_names(names_file):
     """{folder: human name} from lines '<folder> <name>' (or tab-separated, or 'folder, name')."""
     names = {}
@@ -133,7 +163,8 @@ def holdout_share(rel):
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
-HOLDOUT_RULE = "val if the first 8 bytes of SHA-1(path under the source, UTF-8) / 2^64 < fraction"
+HOLDOUT_RULE = ("val if the first 8 bytes of SHA-1(<class>/<file>, the path under the class folders' parent) "
+                "/ 2^64 < fraction")
 
 
 def hold_out(classes, files, labels, fraction, root):

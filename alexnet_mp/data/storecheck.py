@@ -48,6 +48,10 @@ def rebuild(root):
             flag = f" --val-split {meta['val_split'].get('fraction')}"
         elif meta.get("no_val") is True:
             flag = " --no-val"
+        given = meta.get("prepared_with") if isinstance(meta.get("prepared_with"), dict) else {}
+        if given.get("format") not in (None, "raw"):
+            flag += f" --format {given['format']}"
+        flag += "".join(f" --{k} {given[k]}" for k in ("labels", "names") if given.get(k))
     except (OSError, ValueError, AttributeError):
         pass
     return f"`python tools/prepare_data.py {src} {root}{flag}`"
