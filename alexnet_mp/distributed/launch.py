@@ -254,7 +254,8 @@ class Run:
             if model is not None:
                 check_placement(model.columns, "rank", model.lrn_across_columns)
             backend = self._join(devices or device, local_rank)
-            self.topology = Topology()       # the pair and same-column groups, made once per job
+            # the pair and same-column groups, made once per job, with the world's timeout
+            self.topology = Topology(datetime.timedelta(seconds=self.timeout_s))
         else:
             self.placement, self.devices = choose_placement(devices, warn=self.log, model=model, device=device)
         self.replicas = self.world // COLUMNS if self.distributed else 1

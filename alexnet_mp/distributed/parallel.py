@@ -31,18 +31,20 @@ class Topology:
     groups it talks to: `pair` (its replica's two columns) and `column_group` (its
     column in every replica; None with one replica). Every rank must build it at the
     same point: `new_group` is collective, and every rank creates every group, in the
-    same order, as torch.distributed requires."""
+    same order, as torch.distributed requires. `timeout`: the groups' collective timeout
+    (a new group does not take the world's; None: torch's default)."""
 
-    def __init__(self):
+    def __init__(self, timeout=None):
         world, rank = dist.get_world_size(), dist.get_rank()
         check_world(world)
         self.rank, self.world = rank, world
         self.column, self.replica, self.replicas = rank % COLUMNS, rank // COLUMNS, world // COLUMNS
-        pairs = [dist.new_group([COLUMNS * r + c for c in range(COLUMNS)]) for r in range(self.replicas)]
+        pairs = [dist.new_group([COLUMNS * r + c for c in range(COLUMNS)], timeout=timeout)
+                 for r in range(self.replicas)]
         self.pair = pairs[self.replica]
         self.column_group = None
         if self.replicas > 1:
-            same_column = [dist.new_group(list(range(c, world, COLUMNS))) for c in range(COLUMNS)]
+            same_column = [dist.new_group(list(range(c, world, COLUMNS)), timeout=timeout) for c in range(COLUMNS)]
             self.column_group = same_column[self.column]
 
 

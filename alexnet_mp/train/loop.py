@@ -122,7 +122,7 @@ class Meter:
     watch: StuckWatch = None       # says once why a run sits at chance, where the health figures show it
     window: object = None          # rank 0's losses since the last log step, summed on the device
     window_steps: int = 0
-    vote_every: int = 0            # steps between stop votes, agreed by the ranks (0: --print-freq)
+    vote_every: int = 0            # steps between stop votes, agreed by the ranks (0: not measured yet)
     synced: tuple = (0.0, 0)       # (time, step) of the last sync step
 
 
@@ -265,7 +265,8 @@ def train_one_epoch(job, epoch, stop):
         x, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         log_due = (clock["done"] + 1) % opts.print_freq == 0 or clock["done"] + 1 == parts.steps_per_epoch
         stop_at = bool(opts.stop_at_step) and state.step + 1 >= opts.stop_at_step
-        vote_due = (state.step + 1) % (job.meter.vote_every or opts.print_freq) == 0
+        # the first vote at the second step: it measures the step time the votes' interval needs
+        vote_due = (state.step + 1) % (job.meter.vote_every or min(2, opts.print_freq)) == 0
         if log_due and job.run.main:
             parts.health.arm()              # measured on the device; read at the log step below
         loss, logits = train_step(parts.model, parts.optimizer, x, y, opts.amp)
