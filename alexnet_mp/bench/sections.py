@@ -4,7 +4,8 @@
 placements against the grouped one, (d) ten crops against the centre crop,
 (e) the input pipeline against torchvision's ImageFolder, (f) the LRN's share of
 a step. The scaling section (g) is `alexnet_mp.bench.scaling`. (h) `caffe`: the time
-and peak memory of importing a full-size bvlc_alexnet-shaped .caffemodel.
+and peak memory of importing a full-size bvlc_alexnet-shaped .caffemodel. `prepare`:
+how long converting a tree takes, `alexnet_mp.bench.prepare_speed`.
 """
 import os
 import tempfile
@@ -28,7 +29,7 @@ from alexnet_mp.model.net import AlexNet
 from alexnet_mp.numerics import autocast
 from alexnet_mp.train.optim import PaperSGD, param_groups
 
-SECTIONS = ("model", "tworank", "tencrop", "data", "lrn", "health", "scaling", "caffe")
+SECTIONS = ("model", "tworank", "tencrop", "data", "lrn", "health", "scaling", "caffe", "prepare")
 
 
 def bench_models(args, device):

@@ -10,6 +10,7 @@ import sys
 import torch
 
 from alexnet_mp.bench.health import bench_health
+from alexnet_mp.bench.prepare_speed import DRAFTS, IMAGENET_TRAIN, bench_prepare
 from alexnet_mp.bench.scaling import PAIRS, bench_scaling, scaling_rows
 from alexnet_mp.bench.sections import (SECTIONS, bench_caffe, bench_data, bench_lrn, bench_models, bench_tencrop,
                                        bench_tworank, tworank_label)
@@ -74,7 +75,7 @@ def main(argv=None):
           + "".join(f"  [{n}: speed mode, departs from the paper]" for n in notes))
     for section, report in (("model", report_models), ("tencrop", report_tencrop), ("data", report_data),
                             ("lrn", report_lrn), ("health", report_health), ("scaling", report_scaling),
-                            ("caffe", report_caffe)):
+                            ("caffe", report_caffe), ("prepare", report_prepare)):
         if section in cfg.sections or (section == "model" and "tworank" in cfg.sections):
             report(cfg, device, res)
     if args.json:
@@ -180,6 +181,53 @@ def report_caffe(cfg, device, res):
           f"{c['read_convert_s']:.2f} s, save {c['save_s']:.2f} s; peak memory "
           f"{c['peak_above_baseline_bytes'] / mib:.0f} MiB resident above the process's baseline, "
           f"{c['peak_over_file']:.2f}x the file (allocations alone: {c['traced_peak_bytes'] / mib:.0f} MiB)")
+
+
+def _db(d):
+    return "identical" if d["psnr_db"] is None else \
+        f"{d['mean_abs']:.2f} / {d['max_abs']:2d} / {d['psnr_db']:.1f} dB ({d['worst_image_psnr_db']:.1f})"
+
+
+def report_prepare(cfg, device, res):
+    """(i)-(v) of `alexnet_mp.bench.prepare_speed`: per-worker speed, draft, end to end,
+    the parent's bookkeeping, a kill's cost; ImageNet's hours at -j 16 from them."""
+    p = bench_prepare(cfg, device)
+    res["prepare"] = p
+    m = p["machine"]
+    print(f"\n(i) prepare, ONE worker process, img/s median (best..worst of {p['repeats']}), JPEG sources "
+          f"at quality {p['source_quality']}; {m['model_name']}, {m['cpu_count']} cores, Pillow {m['pillow']}")
+    steps = list(next(iter(p["per_image"].values()))["img_per_s"])
+    print(f"    {'source':10}{'files':>6}{'KB':>6}" + "".join(f"{k:>24}" for k in steps))
+    for name, r in p["per_image"].items():
+        rates = "".join(f"{_fmt(r['img_per_s'][k]):>24}" for k in steps)
+        print(f"    {name:10}{r['images']:6d}{r['file_kb']:6.0f}{rates}")
+    print("(ii) stored 256x256 pixels against to_256's: mean |d| / max |d| / PSNR pooled (worst image)")
+    for name, r in p["per_image"].items():
+        drafts = "   ".join(f"draft>={s} (1/{r['draft'][str(s)]['scale']}): {_db(r['draft'][str(s)])}" for s in DRAFTS)
+        print(f"    {name:10}{drafts}   yardstick, the jpeg store's q95 re-encode: {_db(r['jpeg_store_q95'])}")
+    first = next(iter(p["end_to_end"].values()))
+    print(f"(iii) prepare() end to end, {first['images']} training + {first['val_images']} val 500x375 images, "
+          f"seconds median (best..worst):")
+    for name, r in p["end_to_end"].items():
+        print(f"    {name:10} total {_fmt(r['total_s'])}  training split converted in {r['convert_s']:.2f} s = "
+              f"{r['convert_img_per_s']:.1f} img/s (first chunk after {r['first_chunk_s']:.2f} s); statistics "
+              f"{r['stats_img_per_s']:.0f} img/s (one process)")
+    b = p["bookkeeping"]
+    print(f"(iv) the parent rewrites status.u8 (and, jpeg, offsets.i64) after each chunk of {p['chunk']}: at "
+          f"ImageNet's {b['images']:,} images {1e3 * b['status_write_s'][0]:.1f} ms and "
+          f"{1e3 * b['offsets_write_s'][0]:.0f} ms a chunk; over {b['chunks']:,} chunks {b['parent_s_raw']:.0f} s "
+          f"(raw), {b['parent_s_jpeg'] / 3600:.2f} h (jpeg), in the parent alone")
+    k = p["kill"]
+    print(f"(v) killed (SIGKILL, workers too) mid-split at -j {k['workers']}, {k['images']} images: "
+          f"{k['recorded_at_kill']} recorded done; {k['converted_not_recorded']} converted but not recorded "
+          f"(bound -j x CHUNK = {k['bound']}); the re-run converted {k['rerun_converted']} (images less those "
+          f"recorded: {k['images'] - k['recorded_at_kill']}) in {k['rerun_s']:.1f} s"
+          + ("  [the run ended before the kill: nothing measured]" if k["finished_before_kill"] else ""))
+    for fmt, e in p.get("imagenet", {}).items():
+        print(f"    ImageNet's {IMAGENET_TRAIN:,} training images, {fmt}, -j {e['workers']} (ASSUMING one worker's "
+              f"500x375 rate holds for each; disk read may bound it): convert {e['convert_h']:.2f} h, statistics "
+              f"{e['stats_h']:.2f} h, parent bookkeeping {e['parent_bookkeeping_h']:.2f} h, "
+              f"disk {e['disk_gb']:.0f} GB")
 
 
 if __name__ == "__main__":
