@@ -154,7 +154,8 @@ def bench_data(args, device):
                 T.RandomResizedCrop(CROP), T.ToTensor(), T.Normalize(TORCHVISION_MEAN, TORCHVISION_STD)]))}
             for fmt in ("raw", "jpeg"):
                 store = os.path.join(d, fmt)
-                prepare(os.path.join(d, "src"), store, workers=os.cpu_count() or 1, fmt=fmt, log=lambda *a: None)
+                prepare(os.path.join(d, "src"), store, workers=os.cpu_count() or 1, fmt=fmt, log=lambda *a: None,
+                        no_val=True)
                 pipelines[fmt] = StoreDataset(Store(store, "train"), TrainTransform(*read_stats(store)))
             pipelines["bytes_per_image"] = {
                 fmt: os.path.getsize(os.path.join(d, fmt, "train", f"images.{ext}")) / count
