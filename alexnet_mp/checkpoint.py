@@ -16,7 +16,7 @@ import torch
 from alexnet_mp.config import ModelConfig, TrainConfig, from_dict
 from alexnet_mp.errors import CheckpointError
 from alexnet_mp.files import atomic_write
-from alexnet_mp.model.arch import canonical_shapes, columns_of
+from alexnet_mp.model.arch import canonical_shapes, shape_variant
 from alexnet_mp.model.layers import state_fits, stream_seed
 
 # What a training checkpoint needs besides its weights to continue a run exactly.
@@ -56,18 +56,19 @@ def load(path, resume=False):
 
 def model_config(ckpt):
     """The ModelConfig a checkpoint was trained with. A bare state dict carries none:
-    the paper's net then, with the column count its tensor shapes show."""
+    the paper's net then, with the column count, head and BatchNorm its tensors show."""
     weights = model_state(ckpt)
     if isinstance(ckpt.get("config"), dict):
         cfg = from_dict(TrainConfig, ckpt["config"]).model      # its dropout sets the test-time scale
     else:
-        cfg = ModelConfig(columns=columns_of(weights) or ModelConfig.columns)
+        cfg = ModelConfig(**(shape_variant(weights) or {}))
     return replace(cfg, num_classes=int(weights["fc8.weight"].shape[0])) if "fc8.weight" in weights else cfg
 
 
-def shapes_of(ckpt):
-    """The canonical shapes of the variant a checkpoint says it holds."""
-    return canonical_shapes(config=model_config(ckpt))
+def shapes_of(ckpt, buffers=True):
+    """The canonical shapes of the variant a checkpoint says it holds; `buffers=False`: of its
+    parameters only (the optimizer's velocity has no BatchNorm running statistics)."""
+    return canonical_shapes(config=model_config(ckpt), buffers=buffers)
 
 
 def check_tensors(tensors, shapes, path, what=""):
@@ -108,7 +109,7 @@ def check_resumable(state, path):
         raise CheckpointError(f"checkpoint {path} has weights but no optimizer state, so a run cannot "
                               f"continue from it: {FROM_TRAIN}, or start a fresh run from its weights "
                               f"with --weights {path}")
-    check_tensors(velocity, shapes_of(state), path, "optimizer velocity ")
+    check_tensors(velocity, shapes_of(state, buffers=False), path, "optimizer velocity ")
     wrong = [k for k, kind in RESUME_KEYS.items() if not isinstance(state.get(k), kind)]
     if wrong:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(wrong)} (or holds the wrong type), "

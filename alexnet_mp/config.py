@@ -20,6 +20,7 @@ CROP = 224                           # §2/§4.1: 224x224 patches
 COLUMN_CHOICES = (2, 1)              # the paper's net; the one-GPU net of §3.2's footnote
 INIT_CHOICES = ("paper", "torch")
 INPUT_SCALE_CHOICES = ("raw", "unit")
+HEAD_CHOICES = ("fc", "gap")         # Figure 2's fc6, fc7, fc8; later work's global average pooling
 
 
 # Fields no training switch sets: an imported network's (tools/import_caffe.py: Caffe's LRN,
@@ -68,8 +69,17 @@ class ModelConfig:
     # standardised with torchvision's ImageNet mean and std. A property of the data pipeline,
     # kept here because the weights only make sense with the inputs they were trained on.
     input_scale: str = "raw"
+    # Later work, not the paper's (opt-in; tools/study.py's batchnorm and gap variants):
+    # True: BatchNorm2d after every convolution, before its ReLU (Ioffe & Szegedy 2015), per column.
+    batch_norm: bool = False
+    # "fc": fc6, fc7, fc8 (Figure 2). "gap": each column's conv5 maps, pooled, averaged over their
+    # positions; fc8 alone reads both columns' 2 x 128 means (Lin et al. 2013). No fc6, fc7, dropout.
+    head: str = "fc"
 
     def __post_init__(self):
+        if self.head not in HEAD_CHOICES:
+            raise ConfigError(f"head={self.head!r}: choose 'fc' (Figure 2's fc6, fc7, fc8) or 'gap' "
+                              f"(global average pooling after conv5, then fc8)")
         if self.columns not in COLUMN_CHOICES:
             raise ConfigError(f"columns={self.columns}: the paper's net has 2 columns and its one-GPU "
                               f"comparison net 1; choose 2 or 1")

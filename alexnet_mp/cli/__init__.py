@@ -19,7 +19,7 @@ import stat
 import sys
 import tempfile
 
-from alexnet_mp.config import COLUMN_CHOICES, INIT_CHOICES, INPUT_SCALE_CHOICES, ModelConfig
+from alexnet_mp.config import COLUMN_CHOICES, HEAD_CHOICES, INIT_CHOICES, INPUT_SCALE_CHOICES, ModelConfig
 from alexnet_mp.distributed.placement import DEVICE_NAME
 from alexnet_mp.errors import UsageError
 from alexnet_mp.files import write_target
@@ -140,6 +140,12 @@ def add_variant_flags(p):
                         "per-channel mean and std (a failure mode)")
     v.add_argument("--init", choices=INIT_CHOICES, default=PAPER_MODEL.init,
                    help="paper: N(0, 0.01^2), biases 1/0 (§5); torch: PyTorch's default (a failure mode)")
+    v.add_argument("--batch-norm", dest="batch_norm", action="store_true",
+                   help="later work, not the paper's: BatchNorm after every conv, before its ReLU, per column; "
+                        "with --no-lrn it replaces the LRN")
+    v.add_argument("--head", choices=HEAD_CHOICES, default=PAPER_MODEL.head,
+                   help="fc: fc6, fc7, fc8 (Figure 2); gap (later work): each column's conv5 maps averaged "
+                        "over their positions, then fc8 alone (no fc6, fc7 or dropout)")
 
 
 # (flag, attribute, accepted, what it must be): the ranges of the training flags, which the

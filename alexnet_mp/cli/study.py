@@ -29,7 +29,8 @@ def parse_args(argv):
     p.add_argument("--output-dir", default="runs/study", help="one folder per run: VARIANT/seedS")
     p.add_argument("--variants", default="paper",
                    help=f"comma-separated, from {', '.join(BY_NAME)}; 'paper' = {', '.join(DEFAULT)}; "
-                        f"'all' adds the failure modes. The baseline always runs")
+                        f"'all' adds the failure modes; batchnorm and gap (later work) run only when "
+                        f"named. The baseline always runs")
     p.add_argument("--seeds", type=int, help="runs per variant, seeds 0..S-1 (demo preset 2, else 1)")
     p.add_argument("-b", "--batch-size", type=int, help="images per replica (demo preset 32, else 128)")
     p.add_argument("--epochs", type=int, help="(demo preset 3, else the paper's 90)")

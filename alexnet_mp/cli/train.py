@@ -56,6 +56,9 @@ def parser():
 def check_args(args):
     """Every argument's range, before anything is read or built: one line naming the flag and the fix."""
     check_ranges(args)
+    if args.head == "gap" and args.dropout != PAPER_MODEL.dropout:
+        raise UsageError(f"--dropout {args.dropout:g} with --head gap: dropout acts on fc6 and fc7 (§4.2), which "
+                         f"the gap head does not have; drop --dropout")
     check_one_placement(args)
     if args.devices is not None:
         names = [d.strip() for d in args.devices.split(",")]
@@ -75,7 +78,7 @@ def config_from_args(args):
     model = ModelConfig(dropout=args.dropout, init_std=args.init_std,
                         # §3 ablations and failure modes (the "variants" flags)
                         columns=args.columns, lrn=args.lrn, pool_size=args.pool, init=args.init,
-                        input_scale=args.input_scale)
+                        input_scale=args.input_scale, batch_norm=args.batch_norm, head=args.head)
     return TrainConfig(batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.wd, decay_biases=args.decay_biases, epochs=args.epochs,
                        plateau_patience=args.plateau_patience, lr_steps=tuple(args.lr_steps),

@@ -16,7 +16,8 @@ from alexnet_mp.eval.visualize import curves_file, figure_formats, filters_file,
 # train's variant flags, as (flag, attribute, the paper's value): the network `arch` draws without --checkpoint.
 VARIANT_FLAGS = (("--columns", "columns", PAPER_MODEL.columns), ("--no-lrn", "lrn", PAPER_MODEL.lrn),
                  ("--pool", "pool", PAPER_MODEL.pool_size), ("--input-scale", "input_scale", PAPER_MODEL.input_scale),
-                 ("--init", "init", PAPER_MODEL.init))
+                 ("--init", "init", PAPER_MODEL.init), ("--batch-norm", "batch_norm", PAPER_MODEL.batch_norm),
+                 ("--head", "head", PAPER_MODEL.head))
 
 
 def filters(args):
@@ -46,7 +47,7 @@ def arch_config(args):
     """The network to draw: the checkpoint's (its saved config), or the paper's with train's variant flags."""
     if args.checkpoint is None:
         return ModelConfig(columns=args.columns, lrn=args.lrn, pool_size=args.pool, input_scale=args.input_scale,
-                           init=args.init)
+                           init=args.init, batch_norm=args.batch_norm, head=args.head)
     given = [flag for flag, name, paper in VARIANT_FLAGS if getattr(args, name) != paper]
     if given:
         raise UsageError(f"--checkpoint {args.checkpoint} draws the network it holds: drop {', '.join(given)}, "

@@ -10,6 +10,15 @@ bucket of gradients while backward is still computing the layers below it. DDP
 takes one process group per module, which fits because every parameter of a
 `ColumnNet` belongs to exactly one column (fc8 is split as in Figure 2). With one
 replica there is nothing to average and the model stays as it is.
+
+BatchNorm (ModelConfig.batch_norm, opt-in) normalises each replica's batch by its own
+statistics (no SyncBatchNorm: a batch of 128 per replica is what the networks it came
+with used). Its running statistics are buffers, which DDP keeps in step its default way
+(`broadcast_buffers`): at every training forward replica 0's are copied to the other
+replicas of the same-column group, before each updates its own from its batch. So they
+differ between replicas only by the last step's update, and a checkpoint, which gathers
+replica 0's, resumes exactly: the first forward after it broadcasts them as an
+uninterrupted run's would.
 """
 import torch
 import torch.distributed as dist
@@ -67,15 +76,15 @@ def apply_data_parallel(net, topology, **ddp_options):
     return DistributedDataParallel(
         net, device_ids=[device] if device.type == "cuda" else None,
         process_group=topology.column_group,
-        # Gradients live in the buckets: no second copy of a column's 30 M floats.
-        # (The network has no buffers, so DDP has none to keep in step.)
+        # Gradients live in the buckets: no second copy of a column's 30 M floats. The paper's
+        # network has no buffers; BatchNorm's running statistics follow replica 0 (module docstring).
         **{"gradient_as_bucket_view": True, **ddp_options})
 
 
 def broadcast_from_first_replica(net, topology):
-    """Give every replica replica 0's weights (for weights drawn from per-process generators)."""
+    """Give every replica replica 0's weights and buffers (for weights drawn from per-process generators)."""
     if topology.column_group is None:
         return
     with torch.no_grad():
-        for p in net.parameters():
-            dist.broadcast(p, group=topology.column_group, group_src=0)
+        for t in list(net.parameters()) + list(net.buffers()):
+            dist.broadcast(t, group=topology.column_group, group_src=0)

@@ -4,14 +4,16 @@
 column, each with the maps (kernels or neurons) that column computes, the side of
 its maps, what follows it (LRN, pooling) and whether it reads both columns (where
 the columns exchange: conv3, fc6, fc7, fc8). `draw` puts the boxes on a page. The
-figure cannot drift from the code: it has no number of its own.
+figure cannot drift from the code: it has no number of its own. The later departures are
+drawn as the table builds them: BatchNorm as "BN" after each conv, the global-average-pool
+head as conv5's maps averaged, then fc8 (`layers_of`).
 """
 import math
 import os
 from dataclasses import dataclass
 
 from alexnet_mp.files import atomic_write
-from alexnet_mp.model.arch import ARCH, HEAD, RGB, class_split, conv1_pad, map_sizes, width
+from alexnet_mp.model.arch import HEAD, RGB, averages, class_split, conv1_pad, has_norm, layers_of, map_sizes, width
 
 COLUMN_GAP = 2.6         # vertical distance between the two columns' rows
 STEP = 1.7               # horizontal distance between layers
@@ -27,12 +29,13 @@ class Box:
     pooled: int          # the side after pooling (what the next layer reads); `side` where none
     kernel: str          # "11x11 s4"; "" for the input and the fully connected layers
     exchange: bool       # reads both columns' outputs (§3.2: the columns communicate here)
-    lrn: str             # "LRN" after it (§3.3), or ""
+    lrn: str             # what normalises its output: "LRN" (§3.3), "BN" (batch_norm), both, or ""
     pool: str            # "max-pool 3/2" after it (§3.4), or ""
     x: float             # centre of the box on the page
     y: float
     w: float
     h: float
+    average: bool = False    # its maps are averaged over their positions after pooling (the "gap" head)
 
     @property
     def label(self):
@@ -59,13 +62,14 @@ def layout(config):
     side = config.crop + conv1_pad(config)
     w, h = _extent(RGB, config.crop)
     boxes = [Box("input", -1, RGB, config.crop, config.crop, "", False, "", "", 0.0, 0.0, w, h)]
-    for i, layer in enumerate(ARCH, start=1):
+    for i, layer in enumerate(layers_of(config), start=1):
         if layer.kernel:
             conv = (side + 2 * layer.pad - layer.kernel) // layer.stride + 1
             kernel, side = f"{layer.kernel}x{layer.kernel} s{layer.stride}", sides[layer.name]
         else:
             conv, kernel = 0, ""
         lrn = ("LRN across columns" if config.lrn_across_columns else "LRN") if layer.lrn and config.lrn else ""
+        lrn = ", ".join(n for n in ("BN" if has_norm(layer, config) else "", lrn) if n)
         pool = f"max-pool {config.pool_size}/{config.pool_stride}" if layer.pool else ""
         for c in range(columns):
             maps = class_split(config.num_classes)[c] if layer is HEAD and columns > 1 else \
@@ -73,15 +77,16 @@ def layout(config):
             w, h = _extent(maps, conv)
             exchange = layer.reads == "both" and columns > 1
             boxes.append(Box(layer.name, c, maps, conv, side if conv else 0, kernel, exchange,
-                             lrn, pool, i * STEP, _row(c, columns), w, h))
+                             lrn, pool, i * STEP, _row(c, columns), w, h, averages(layer, config)))
     return boxes
 
 
 def _title(config):
     what = "the paper's two-column net" if config.columns == 2 else "the one-column net (§3.2's footnote)"
-    changes = [s for s, on in (("no LRN", not config.lrn), (f"pooling {config.pool_size}/{config.pool_stride}",
-                                                             config.pool_size != 3 or config.pool_stride != 2),
-                               (f"{config.crop} crop", config.crop != 224)) if on]
+    pooling = f"pooling {config.pool_size}/{config.pool_stride}"
+    changes = [s for s, on in (("no LRN", not config.lrn), (pooling, config.pool_size != 3 or config.pool_stride != 2),
+                               (f"{config.crop} crop", config.crop != 224), ("BatchNorm", config.batch_norm),
+                               ("global-average-pool head", config.head == "gap")) if on]
     return f"AlexNet (Krizhevsky et al. 2012, Figure 2): {what}" + (f", {', '.join(changes)}" if changes else "") + \
         f", {config.num_classes} classes"
 
@@ -118,6 +123,8 @@ def draw(boxes, config, out, fmt=None):
         notes = [n for n in (b.lrn, b.pool) if n]
         if b.pool and b.side:
             notes[-1] += f" -> {b.pooled}x{b.pooled}"
+        if b.average:
+            notes.append(f"mean over {b.pooled}x{b.pooled} -> {b.maps}")
         if notes:
             ax.text(b.x, b.y - b.h / 2 - 0.08, "\n".join(notes), ha="center", va="top", fontsize=7, color="0.25")
     _links(ax, boxes)

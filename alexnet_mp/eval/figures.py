@@ -1,15 +1,17 @@
 """Figures: conv1 kernels per column (paper Figure 3), fc7 neighbours (Figure 4), curves.
+(The global-average-pool head has no fc7: its neighbours are in its pooled conv5 features.)
 
 Grids are composed with PIL alone; only the training curves need matplotlib.
 """
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from alexnet_mp.model.arch import ARCH, COLUMNS
 
 KERNELS_PER_ROW = 16     # Figure 3 shows each column's 48 kernels as 3 rows of 16
 SCALE, PAD, GAP = 4, 2, 12
+CAPTION = 14             # pixels of the line under the neighbours grid
 
 
 def kernel_tile(k):
@@ -57,9 +59,17 @@ def colour_specificity(kernels):
     return across / np.maximum(total, 1e-30)
 
 
+def feature_space(config):
+    """The features `model.features` returns, in words, for the neighbours figure's caption."""
+    if config.head == "gap":
+        return "pooled conv5 features (each map's mean; the gap head has no fc7)"
+    return "fc7 features (Figure 4)"
+
+
 @torch.no_grad()
 def nearest(model, queries, loader, device, k=6):
-    """(distances, indices) of each query's k nearest training images in fc7 space.
+    """(distances, indices) of each query's k nearest training images in the space of
+    `model.features` (fc7; pooled conv5 for the "gap" head: `feature_space`).
 
     `queries` is (Q, 3, crop, crop); the loader's images stream past in batches and
     only the k best per query are kept, so memory does not grow with the data.
@@ -80,10 +90,14 @@ def nearest(model, queries, loader, device, k=6):
     return best_d.numpy(), best_i.numpy()
 
 
-def neighbours_grid(query_images, neighbour_images, size=96):
-    """One row per query: the query, a gap, then its neighbours (uint8 HxWx3 arrays)."""
+def neighbours_grid(query_images, neighbour_images, size=96, caption=None):
+    """One row per query: the query, a gap, then its neighbours (uint8 HxWx3 arrays); `caption`,
+    if given, on a line below them."""
     cols = 1 + max(len(n) for n in neighbour_images)
-    canvas = Image.new("RGB", (PAD + cols * (size + PAD) + GAP, PAD + len(query_images) * (size + PAD)), "white")
+    rows_height = PAD + len(query_images) * (size + PAD)
+    canvas = Image.new("RGB", (PAD + cols * (size + PAD) + GAP, rows_height + (CAPTION if caption else 0)), "white")
+    if caption:
+        ImageDraw.Draw(canvas).text((PAD, rows_height), caption, fill="black")
     for r, (q, ns) in enumerate(zip(query_images, neighbour_images)):
         y = PAD + r * (size + PAD)
         canvas.paste(Image.fromarray(q).resize((size, size)), (PAD, y))

@@ -1,5 +1,6 @@
 """Figures of a checkpoint or a run, as files: conv1's kernels (Figure 3), fc7 neighbours
-(Figure 4), the training curves. The drawing itself is `alexnet_mp.eval.figures`."""
+(Figure 4; pooled conv5 for the global-average-pool head, as its caption says), the training
+curves. The drawing itself is `alexnet_mp.eval.figures`."""
 import os
 
 import numpy as np
@@ -70,7 +71,8 @@ def curves_file(metrics, out, warn):
 
 
 def neighbours_file(checkpoint, data_path, query, out, k=6, batch_size=32, workers=0, device=None):
-    """Each query image's k nearest training images in fc7, drawn into `out`; (indices, store).
+    """Each query image's k nearest training images in fc7 (pooled conv5 for the "gap" head), drawn
+    into `out` with a caption naming the space; (indices, store).
     `device`: where the network runs (--device: `alexnet_mp.distributed.placement.one_device`);
     None: the first GPU, else the CPU."""
     model, _, _, mean = load_for_inference(checkpoint, data_path, devices=None if device is None else [device],
@@ -89,7 +91,8 @@ def neighbours_file(checkpoint, data_path, query, out, k=6, batch_size=32, worke
     q = torch.stack([centre(img) for img in queries])
     loader = torch.utils.data.DataLoader(StoreDataset(store, centre), batch_size=batch_size, num_workers=workers)
     _, idx = figures.nearest(model, q, loader, input_device(model), k=k)
-    save_image(figures.neighbours_grid(queries, [[store[i][0] for i in row] for row in idx]), out)
+    caption = f"each query (left), then its {k} nearest training images in {figures.feature_space(model.config)}"
+    save_image(figures.neighbours_grid(queries, [[store[i][0] for i in row] for row in idx], caption=caption), out)
     return idx, store
 
 

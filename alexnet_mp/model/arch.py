@@ -1,6 +1,11 @@
 """The paper's Figure 2 as a table (`ARCH`), and what it fixes: every layer's width in
 each variant, map sizes, the canonical tensor shapes, the initial weights, and which
 rows of each canonical tensor a column holds. `alexnet_mp.model.net` builds the networks.
+
+Two opt-in departures are fields of `ModelConfig`, not other tables: `batch_norm` adds a
+BatchNorm2d after each convolution (canonical names `conv1_bn.weight`, `.bias`,
+`.running_mean`, `.running_var`, sliced by column like the conv's bias), and `head="gap"`
+keeps the table's rows conv1..conv5 and fc8 (`layers_of`), fc8 reading one mean per conv5 map.
 """
 import math
 from dataclasses import dataclass, replace
@@ -41,6 +46,39 @@ COLUMNS = 2          # §3.2: the table's `maps` are per column of a net with th
 RGB = 3
 HEAD = ARCH[-1]
 COLUMN_LAYERS = ARCH[:-1]
+CONV5 = ARCH[4]
+# BatchNorm's tensors in the canonical format. Not its `num_batches_tracked`: with a fixed
+# momentum torch never reads the count (ColumnBatchNorm drops it), so it carries nothing.
+NORM_PARAMETERS = ("weight", "bias")
+NORM_BUFFERS = ("running_mean", "running_var")
+
+
+def layers_of(config):
+    """The table's rows the network of `config` has, in order: all eight for Figure 2's head;
+    conv1..conv5 and fc8 for the global-average-pool head."""
+    if config.head == "gap":
+        return tuple(layer for layer in ARCH if layer.kernel) + (HEAD,)
+    return ARCH
+
+
+def hidden_layers(config):
+    """The layers each column computes before the head: conv1..fc7, or conv1..conv5 for "gap"."""
+    return layers_of(config)[:-1]
+
+
+def averages(layer, config):
+    """Whether each column's maps are averaged over their positions after `layer` (and its pool):
+    conv5 with the "gap" head, before the columns exchange, so they share 128 numbers each, not maps."""
+    return layer is CONV5 and config.head == "gap"
+
+
+def norm_name(layer):
+    """The canonical prefix of `layer`'s BatchNorm (ModelConfig.batch_norm: after every conv)."""
+    return f"{layer.name}_bn"
+
+
+def has_norm(layer, config):
+    return bool(config.batch_norm and layer.kernel)
 
 
 def width(layer, columns):
@@ -97,15 +135,16 @@ def map_sizes(config, ceil=False):
     return sizes
 
 
-def fan_in(i, config):
-    """Input channels (conv) or features (fc) that one column's slice of layer i reads."""
-    layer = ARCH[i]
+def fan_in(layer, config):
+    """Input channels (conv) or features (fc) that one column's slice of `layer` reads, from the
+    row before it in `layers_of(config)`."""
     if layer.reads == "image":
         return RGB
-    prev = ARCH[i - 1]
+    layers = layers_of(config)
+    prev = layers[layers.index(layer) - 1]
     reads = width(prev, config.columns) * (config.columns if layer.reads == "both" else 1)
-    if prev.kernel and not layer.kernel:          # the first fc layer reads the flattened maps
-        reads *= map_sizes(config)[prev.name] ** 2
+    if prev.kernel and not layer.kernel and not averages(prev, config):
+        reads *= map_sizes(config)[prev.name] ** 2      # the first fc layer reads the flattened maps
     return reads
 
 
@@ -117,15 +156,19 @@ def resolve_config(config=None, num_classes=None, columns=None):
     return replace(config, columns=columns) if columns is not None else config
 
 
-def canonical_shapes(num_classes=None, columns=None, *, config=None):
-    """Name -> shape of every tensor in the canonical state dict."""
+def canonical_shapes(num_classes=None, columns=None, *, config=None, buffers=True):
+    """Name -> shape of every tensor in the canonical state dict; `buffers=False`: the parameters
+    only (what the optimizer's velocity and the gradients hold)."""
     cfg = resolve_config(config, num_classes, columns)
     shapes = {}
-    for i, layer in enumerate(ARCH):
+    for layer in layers_of(cfg):
         out = cfg.num_classes if layer is HEAD else width(layer, cfg.columns) * cfg.columns
         kernel = (layer.kernel, layer.kernel) if layer.kernel else ()
-        shapes[f"{layer.name}.weight"] = (out, fan_in(i, cfg)) + kernel
+        shapes[f"{layer.name}.weight"] = (out, fan_in(layer, cfg)) + kernel
         shapes[f"{layer.name}.bias"] = (out,)
+        if has_norm(layer, cfg):
+            for kind in NORM_PARAMETERS + (NORM_BUFFERS if buffers else ()):
+                shapes[f"{norm_name(layer)}.{kind}"] = (out,)
     return shapes
 
 
@@ -144,7 +187,12 @@ def init_canonical_state(num_classes=None, std=None, seed=None, columns=None, *,
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     shapes = canonical_shapes(config=cfg)
     state = {}
-    for layer in ARCH:
+    for layer in layers_of(cfg):
+        if has_norm(layer, cfg):     # torch's BatchNorm init: the identity on unit-variance maps; no draws
+            bn = norm_name(layer)
+            ones, zeros = torch.ones(shapes[f"{bn}.weight"]), torch.zeros(shapes[f"{bn}.weight"])
+            state.update({f"{bn}.weight": ones, f"{bn}.bias": zeros, f"{bn}.running_mean": zeros.clone(),
+                          f"{bn}.running_var": ones.clone()})
         w, b = f"{layer.name}.weight", f"{layer.name}.bias"
         if cfg.init == "torch":
             bound = 1.0 / math.sqrt(math.prod(shapes[w][1:]))
@@ -156,20 +204,40 @@ def init_canonical_state(num_classes=None, std=None, seed=None, columns=None, *,
     return state
 
 
-def columns_of(state):
-    """The column count whose canonical shapes `state` has (bare state dicts carry no config), or None."""
-    n = int(state["fc8.weight"].shape[0]) if "fc8.weight" in state else None
-    for columns in (COLUMNS, 1):
-        shapes = canonical_shapes(n, columns)
-        if all(name in state and tuple(state[name].shape) == s for name, s in shapes.items()):
-            return columns
+# The ModelConfig fields a state dict's names and shapes tell apart; BatchNorm first, since a
+# network without it has a subset of its tensors.
+SHAPE_FIELDS = tuple({"columns": c, "head": h, "batch_norm": b}
+                     for c in (COLUMNS, 1) for h in ("fc", "gap") for b in (True, False))
+
+
+def shape_variant(state):
+    """{columns, head, batch_norm} of the network whose canonical shapes `state` has (a bare state
+    dict carries no config), or None."""
+    if not isinstance(state.get("fc8.weight"), torch.Tensor):
+        return None
+    n = int(state["fc8.weight"].shape[0])
+    for fields in SHAPE_FIELDS:
+        shapes = canonical_shapes(config=ModelConfig(num_classes=n, **fields))
+        if all(isinstance(state.get(name), torch.Tensor) and tuple(state[name].shape) == s
+               for name, s in shapes.items()):
+            return dict(fields)
     return None
+
+
+def columns_of(state):
+    """The column count whose canonical shapes `state` has, or None."""
+    return (shape_variant(state) or {}).get("columns")
 
 
 def check_canonical(state, num_classes=None, columns=None, *, config=None):
     """One-line errors for a state dict that is not this network's canonical format."""
     cfg = resolve_config(config, num_classes, columns)
     shapes = canonical_shapes(config=cfg)
+    other = shape_variant(state)
+    if other is not None and any(getattr(cfg, k) != v for k, v in other.items()):
+        said = ", ".join(f"{k}={v!r}" for k, v in other.items() if getattr(cfg, k) != v)
+        raise ValueError(f"checkpoint holds another variant of the network ({said}): build the model with "
+                         f"ModelConfig({said})")
     missing = sorted(set(shapes) - set(state))
     if missing:
         raise ValueError(f"checkpoint lacks {', '.join(missing[:3])}: it is not an alexnet_mp "

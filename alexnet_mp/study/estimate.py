@@ -91,7 +91,7 @@ def estimate(plan, todo, say):
         time_network(model_of(todo[0][0]), batch, classes, device)
     for variant, _ in todo:
         cfg = model_of(variant)
-        key = (cfg.columns, cfg.lrn, cfg.pool_size, cfg.pool_stride)
+        key = (cfg.columns, cfg.lrn, cfg.pool_size, cfg.pool_stride, cfg.batch_norm, cfg.head)
         if key not in timings:
             timings[key] = time_network(cfg, batch, classes, device)
         rows.setdefault(variant.name, [0, key])[0] += 1

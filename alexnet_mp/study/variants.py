@@ -4,6 +4,10 @@ Section 3 of the paper justifies each unusual piece of the network by the error
 it removes (§3.2 two columns, §3.3 LRN, §3.4 overlapping pooling, §4.1 PCA
 colour augmentation, §4.2 dropout). Each `Variant` takes one piece away as
 overrides of the config's fields; every run of a study shares one `Budget`.
+
+Two variants are not the paper's ablations but what re-implementers compare it with
+next (`later`): BatchNorm in place of LRN, and a global-average-pool head in place of
+fc6..fc8. The paper claims nothing for them; they run only when named.
 """
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -24,6 +28,7 @@ class Variant:
     claim: str              # the paper's words where it gives no number
     expect: tuple           # (top-1, top-5): does the claim say the error is higher without the piece?
     default: bool           # in the default study (the paper's own ablations)
+    later: bool = False     # later work, not a claim of the paper: run only when named (not in 'all')
 
     def config(self, base):
         """`base` (a TrainConfig) with this variant's overrides applied."""
@@ -53,16 +58,24 @@ VARIANTS = (
             (True, True), False),
     Variant("init-torch", {"init": "torch"}, "failure mode: PyTorch's default init instead of N(0, 0.01), "
             "biases 1/0", "§5", (None, None), "", (False, False), False),
+    Variant("batchnorm", {"batch_norm": True, "lrn": False}, "later work: BatchNorm after every conv, per "
+            "column, in place of LRN", "Ioffe & Szegedy 2015", (None, None), "none: not in the paper",
+            (False, False), False, later=True),
+    Variant("gap", {"head": "gap"}, "later work: conv5's maps averaged per column, then fc8 alone (no fc6, fc7, "
+            "dropout)", "Lin et al. 2013", (None, None), "none: not in the paper", (False, False), False,
+            later=True),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
 DEFAULT = tuple(v.name for v in VARIANTS if v.default)
 
 
 def choose_variants(text):
-    """Variant names from 'a,b' ('paper': the default five ablations, 'all': every variant); baseline first."""
+    """Variant names from 'a,b' ('paper': the default five ablations, 'all': those and the failure
+    modes; the later-work variants by name only); baseline first."""
     names = []
     for name in (n.strip() for n in text.split(",") if n.strip()):
-        group = DEFAULT if name == "paper" else [v.name for v in VARIANTS] if name == "all" else [name]
+        group = DEFAULT if name == "paper" else [v.name for v in VARIANTS if not v.later] if name == "all" \
+            else [name]
         for n in group:
             if n not in BY_NAME:
                 raise StudyError(f"unknown variant '{n}': choose from {', '.join(BY_NAME)} (or paper, all)")

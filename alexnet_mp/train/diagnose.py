@@ -15,6 +15,12 @@ the demo set at batch 16 (README):
   for every image. `--input-scale unit` gives conv1 an RMS of 0.17 (the raw
   pixels the N(0, 0.01) init was made for give 6 to 9), and conv2's RMS is its
   bias, 1.00.
+
+Where the network departs from Figure 2, a cause may not apply. The global-average-pool
+head has no fc6 and fc7, so its figures, and a dead layer, end at conv5 (`--dropout 0`
+killing fc7 cannot happen). BatchNorm rescales every conv's output to unit variance and
+removes the offset of the conv biases, so conv1's RMS says nothing of the image's scale
+there: no-signal is not read for it.
 """
 import math
 
@@ -25,8 +31,9 @@ DEAD = 0.95              # a layer with this fraction of dead units passes (almo
 NO_SIGNAL_RMS = 1.0      # conv1's RMS below this: the biases of 1 above it drown the image
 
 
-def cause_of(health):
-    """(cause, one line naming it and its fix) from one log step's health figures, or None."""
+def cause_of(health, batch_norm=False):
+    """(cause, one line naming it and its fix) from one log step's health figures, or None.
+    `batch_norm`: the network normalises its conv outputs (no-signal does not apply)."""
     if not health:
         return None
     dead = [(name, f["dead"]) for name, f in health.items() if f["dead"] >= DEAD]
@@ -36,7 +43,7 @@ def cause_of(health):
                                 f"RMS {health[name]['rms']:.3g}), so no gradient reaches the layers below it: "
                                 f"lower --lr (e.g. 0.001), or keep dropout on (the paper's --dropout 0.5, §4.2)")
     conv1 = health.get("conv1")
-    if conv1 is not None and conv1["rms"] < NO_SIGNAL_RMS:
+    if conv1 is not None and conv1["rms"] < NO_SIGNAL_RMS and not batch_norm:
         return ("no-signal", f"conv1's output RMS is {conv1['rms']:.3g}, too small beside the biases of 1 in "
                              f"conv2..fc7 (§5), so every image looks alike to the layers above: inputs at unit "
                              f"scale with N(0, 0.01) weights; use raw pixels minus the mean (--input-scale raw, "
@@ -47,8 +54,9 @@ def cause_of(health):
 class StuckWatch:
     """Fed every log step's (step, loss, health); says why the run is stuck, once per cause."""
 
-    def __init__(self, num_classes):
+    def __init__(self, num_classes, model=None):
         self.chance = math.log(num_classes)
+        self.batch_norm = bool(model is not None and model.batch_norm)     # model: the run's ModelConfig
         self.at_chance, self.cause = 0, None
 
     def update(self, step, loss, health):
@@ -57,7 +65,7 @@ class StuckWatch:
         self.at_chance = self.at_chance + 1 if near and step >= WARMUP_STEPS else 0
         if self.at_chance < PATIENCE:
             return None
-        found = cause_of(health)
+        found = cause_of(health, self.batch_norm)
         if found is None or found[0] == self.cause:
             return None
         self.cause = found[0]

@@ -1,4 +1,5 @@
 """Training health at log steps: what each layer conv1..fc7 does, and why a run may sit at chance.
+(conv1..conv5 for the global-average-pool head, which has no fc6 and fc7.)
 
 For each layer, on the logged step's batch:
 
@@ -6,7 +7,8 @@ For each layer, on the logged step's batch:
   layer's unit is one feature map (zero at every position of every example), a
   fully connected layer's one neuron. A dead unit passes no gradient, so a layer
   that is dead throughout stops the run learning.
-* `rms`: the RMS of its output after the ReLU (what the next layer reads).
+* `rms`: the RMS of its output after the ReLU (what the next layer reads; with BatchNorm,
+  after BatchNorm and the ReLU).
 * `update_ratio`: RMS of the step the optimizer just took (the velocity: w <- w + v,
   §5) over RMS of the weight. Around 1e-3 is a healthy pace; near 1 every step
   rewrites the layer.
@@ -20,16 +22,22 @@ column(s) it holds.
 """
 import torch
 
-from alexnet_mp.model.arch import COLUMN_LAYERS
+from alexnet_mp.model.arch import hidden_layers, norm_name
 
 FIGURES = ("dead", "rms", "update_ratio")
 
 
-def layer_modules(net):
-    """{layer name: [its module in each column this process holds]} for conv1..fc7."""
+def layer_modules(net, outputs=False):
+    """{layer name: [its module in each column this process holds]} for conv1..fc7 (conv1..conv5
+    for the "gap" head); `outputs`: the module whose output the ReLU overwrites, the layer's
+    BatchNorm where it has one."""
     columns = getattr(net, "columns", None)
     holders = list(columns) if isinstance(columns, torch.nn.ModuleList) else [net]
-    return {layer.name: [getattr(h, layer.name) for h in holders] for layer in COLUMN_LAYERS}
+
+    def module(h, layer):
+        return getattr(h, norm_name(layer), None) if outputs and hasattr(h, norm_name(layer)) else \
+            getattr(h, layer.name)
+    return {layer.name: [module(h, layer) for h in holders] for layer in hidden_layers(net.config)}
 
 
 class Health:
@@ -39,7 +47,7 @@ class Health:
         self.modules = layer_modules(net)
         self.armed, self._outputs = False, {}
         self._handles = [m.register_forward_hook(self._hook(name))
-                         for name, ms in self.modules.items() for m in ms]
+                         for name, ms in layer_modules(net, outputs=True).items() for m in ms]
 
     def _hook(self, name):
         def keep(module, inputs, out):

@@ -247,7 +247,7 @@ def build_job(opts, cfg, run, classes, start=None, saved=None):
     parts.write_metric = metrics_writer(os.path.join(opts.output_dir, "metrics.jsonl"), run, state)
     # After loading: DDP starts by copying replica 0's weights to the others.
     parts.model = apply_data_parallel(parts.net, run.topology)
-    return Training(run, opts, cfg, parts, state, Meter(watch=StuckWatch(len(classes["classes"]))))
+    return Training(run, opts, cfg, parts, state, Meter(watch=StuckWatch(len(classes["classes"]), cfg.model)))
 
 
 def train_one_epoch(job, epoch, stop):

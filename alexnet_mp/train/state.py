@@ -88,7 +88,7 @@ def resume(saved, opts, run, parts, state):
 
 def checkpoint_state(opts, cfg, run, parts, state):
     """The training checkpoint, on rank 0; None on every other rank."""
-    weights = parts.net.map_canonical(lambda p: p, writer_only=True)
+    weights = parts.net.canonical_state_dict(writer_only=True)    # BatchNorm's statistics too: replica 0's
     velocity = velocity_state(parts.net, parts.optimizer, writer_only=True)
     rngs = run.gather_to_main(ckpt_io.rng_state(parts.net))
     if not run.main:
