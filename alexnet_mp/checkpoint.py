@@ -5,10 +5,16 @@ A training checkpoint is a dict with `model` (the canonical state dict),
 `config`, `classes`, `best_val_top1_err` and `data_mean` (composed in
 `alexnet_mp.train.state`). Every reader also takes a bare canonical state dict
 saved with torch.save.
+
+`classes` is {"classes": [class keys, fc8's output order], "names": {key: human
+name}}, and "placeholder": true where the keys are only numbers standing for
+classes nobody named (tools/import_caffe.py without --names: "0".."N-1"). A
+checkpoint with placeholders, like a bare state dict, is taken to mean a
+store's classes in the store's order when the counts agree (`match_classes`).
 """
 import os
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -129,10 +135,78 @@ def num_classes(state, path=""):
 
 
 def check_classes(state, expected, path, data_path):
+    """The class COUNT of a checkpoint's weights against a store's (a resumed run)."""
     found = num_classes(state, path)
     if found != expected:
         raise CheckpointError(f"checkpoint {path} has {found} classes but {data_path} has {expected}: "
                               f"use a checkpoint trained on this data, or a new --output-dir")
+
+
+def class_list(ckpt):
+    """The class keys a checkpoint names in fc8's order; None for a bare state dict or placeholders."""
+    meta = ckpt.get("classes")
+    if not isinstance(meta, dict) or meta.get("placeholder") is True or not isinstance(meta.get("classes"), list):
+        return None
+    return meta["classes"]
+
+
+@dataclass
+class ClassMatch:
+    """How a checkpoint's fc8 outputs meet a store's class list (`match_classes`)."""
+    kind: str               # "same", "reordered", "placeholder", "bare" (no list), "count", "other"
+    order: list = None      # "reordered": order[i] is the checkpoint's output for the store's class i
+    first: str = ""         # "count", "other": the first difference, in words
+
+
+def match_classes(ckpt, store_classes):
+    """Compare the classes of a checkpoint (training, imported or bare) with a store's list, by key."""
+    n, theirs = num_classes(model_state(ckpt)), class_list(ckpt)
+    if theirs is None:
+        kind = "placeholder" if isinstance(ckpt.get("classes"), dict) else "bare"
+        return ClassMatch(kind if n == len(store_classes) else "count")
+    if theirs == list(store_classes):
+        return ClassMatch("same")
+    if len(theirs) == len(store_classes) and sorted(theirs) == sorted(store_classes):
+        where = {c: i for i, c in enumerate(theirs)}
+        return ClassMatch("reordered", [where[c] for c in store_classes])
+    missing = [c for c in store_classes if c not in set(theirs)]
+    extra = [c for c in theirs if c not in set(store_classes)]
+    if missing:
+        first = f"the store's class {missing[0]!r} is not among the checkpoint's"
+    elif extra:
+        first = f"the checkpoint's class {extra[0]!r} is not among the store's"
+    else:                   # a repeated key: an edited list
+        first = "one of the lists repeats a class"
+    more = len(missing) + len(extra) - 1
+    first += f" ({more} more difference{'s' if more > 1 else ''})" if more > 0 else ""
+    return ClassMatch("count" if n != len(store_classes) else "other", first=first)
+
+
+def check_class_lists(ckpt, store_classes, path, data_path):
+    """`match_classes`, with a one-line error where the outputs cannot be read as the store's classes."""
+    match = match_classes(ckpt, store_classes)
+    if match.kind == "count":
+        n = num_classes(model_state(ckpt), path)
+        first = f" ({match.first})" if match.first else ""
+        raise CheckpointError(f"checkpoint {path} has {n} classes but {data_path} has {len(store_classes)}"
+                              f"{first}: use a checkpoint trained on this data, or fine-tune this one with "
+                              f"tools/train.py --weights {path}")
+    if match.kind == "other":
+        raise CheckpointError(f"checkpoint {path} lists other classes than {data_path}: {match.first}; use a "
+                              f"checkpoint trained on these classes, or fine-tune this one with tools/train.py "
+                              f"--weights {path}")
+    return match
+
+
+def reorder_fc8(weights, order):
+    """`weights` with fc8's rows (and biases) taken in `order`: output i becomes the old output order[i]."""
+    index = torch.as_tensor(order, dtype=torch.long)
+    return {**weights, "fc8.weight": weights["fc8.weight"][index], "fc8.bias": weights["fc8.bias"][index]}
+
+
+def placeholder_note(path, data_path, n):
+    return (f"note: {path} has no class names (placeholders 0..{n - 1}, imported without --names): its "
+            f"{n} outputs are read as {data_path}'s {n} classes in the store's order")
 
 
 def _cuda_devices(model):

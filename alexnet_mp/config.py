@@ -10,7 +10,7 @@ Fields marked "ablation" or "failure mode" switch off or replace one piece of
 the paper's network, as §3 measures them (tools/study.py runs them). They are
 opt-in: every default is the paper's.
 """
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from alexnet_mp.errors import ConfigError
 
@@ -21,11 +21,6 @@ COLUMN_CHOICES = (2, 1)              # the paper's net; the one-GPU net of §3.2
 INIT_CHOICES = ("paper", "torch")
 INPUT_SCALE_CHOICES = ("raw", "unit")
 HEAD_CHOICES = ("fc", "gap")         # Figure 2's fc6, fc7, fc8; later work's global average pooling
-
-
-# Fields no training switch sets: an imported network's (tools/import_caffe.py: Caffe's LRN,
-# its 227 crop). A resumed run takes them from its checkpoint, and compares the rest.
-IMPORTED_FIELDS = ("lrn_size", "lrn_alpha", "lrn_beta", "lrn_k", "pool_stride", "crop", "lrn_across_columns")
 
 
 def grouped_only(model):
@@ -109,6 +104,9 @@ class TrainConfig:
     pca_std: float = 0.1             # §4.1: alpha_i ~ N(0, 0.1^2). 0 (ablation): no PCA colour shift
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
+    # The model fields the command line set, even to the paper's value (`--columns 2`): --weights and
+    # --resume take the checkpoint's network for every variant field not asked for (`adopt_variant`).
+    asked: tuple = ()
 
 
 def to_dict(cfg):
@@ -130,9 +128,21 @@ def from_dict(cls, data):
     return cls(**kwargs)
 
 
-def model_differences(saved, current):
-    """'name: saved -> current' for every field that makes another network or input
-    (the init is spent once training has started; the class count is checked on its own)."""
-    return [f"{f.name}: {getattr(saved, f.name)!r} -> {getattr(current, f.name)!r}"
-            for f in fields(ModelConfig)
-            if f.name not in ("num_classes", "init", "init_std") and getattr(saved, f.name) != getattr(current, f.name)]
+# Not part of a network's variant: the class count follows the store, the init is spent once trained.
+NOT_VARIANT = ("num_classes", "init", "init_std")
+VARIANT_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name not in NOT_VARIANT)
+
+
+def adopt_variant(cfg, theirs):
+    """(`cfg` with the network of `theirs`, a checkpoint's ModelConfig; the clashes).
+
+    A variant field is asked for when the command line set it (`cfg.asked`, even to the paper's
+    value) or when it is away from the paper's default (a caller that built the config itself).
+    Every field not asked for is the checkpoint's; a clash is an asked field that differs from it,
+    as (name, the checkpoint's value, the asked value)."""
+    paper = ModelConfig()
+    asked = set(cfg.asked) | {f for f in VARIANT_FIELDS if getattr(cfg.model, f) != getattr(paper, f)}
+    clash = [(f, getattr(theirs, f), getattr(cfg.model, f)) for f in VARIANT_FIELDS
+             if f in asked and getattr(cfg.model, f) != getattr(theirs, f)]
+    keep = {f: getattr(cfg.model, f) for f in NOT_VARIANT}
+    return replace(cfg, model=replace(theirs, **keep)), clash

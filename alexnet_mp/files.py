@@ -250,9 +250,12 @@ class FolderLock:
         _held.append(fd)
 
     def release(self):
-        if self.fd in _held:
-            _held.remove(self.fd)
-            os.close(self.fd)
+        """Let go once: the descriptor is forgotten, so a second call (__del__ after release())
+        cannot close another lock that the OS has since given the same number."""
+        fd, self.fd = self.fd, None
+        if fd is not None and fd in _held:
+            _held.remove(fd)
+            os.close(fd)
 
     def __del__(self):
         self.release()

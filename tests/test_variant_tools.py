@@ -88,12 +88,14 @@ def test_one_column_filters_figure_has_one_block(tiny_store, tmp_path, capsys):
 
 
 def test_resuming_with_other_variant_flags_is_one_line(tiny_store, tmp_path, capsys):
+    """A flag asking for another network, even the paper's own (--columns 2): without it the resume
+    takes the checkpoint's network (tests/test_finetune.py)."""
     from alexnet_mp.cli import train as train_cli
     path = str(tmp_path / "checkpoint.pt")
-    save_variant_checkpoint(tiny_store, path, ["--no-lrn"])
+    save_variant_checkpoint(tiny_store, path, ["--columns", "1"])
     capsys.readouterr()
     code = train_cli.main(["--data-path", tiny_store, "--output-dir", str(tmp_path), "-b", "8", "-j", "0",
-                           "--resume", path])
+                           "--resume", path, "--columns", "2"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "was trained as another variant (lrn: False -> True)" in err[0]
+    assert len(err) == 1 and "was trained as another variant (columns: 1 -> 2)" in err[0]

@@ -295,10 +295,14 @@ def import_caffemodel(model, mean, names=None):
         raise CaffeError(f"--names {names} lists {len(classes)} classes but {model}'s fc8 has {cfg.num_classes} "
                          f"outputs: pass the class list the net was trained on")
     state = convert_weights(pairs, cfg, net.buffer, model)
-    classes = classes or [str(i) for i in range(cfg.num_classes)]
+    # Without --names the numbers only stand for classes: "placeholder" says so (alexnet_mp.checkpoint),
+    # and --weights, evaluate and predict then take a store's classes of the same count in its order.
+    meta = ({"classes": classes, "names": human} if classes is not None else
+            {"classes": [str(i) for i in range(cfg.num_classes)], "names": {}, "placeholder": True})
+    classes = meta["classes"]
     digest = sha1_of(model)
     checkpoint = {"model": state, "config": to_dict(TrainConfig(model=cfg)),
-                  "classes": {"classes": classes, "names": human}, "data_mean": torch.from_numpy(data_mean),
+                  "classes": meta, "data_mean": torch.from_numpy(data_mean),
                   "imported_from": {"caffemodel": str(model), "sha1": digest, "encoding": net.encoding,
                                     "net": net.name, "mean": str(mean)}}
     return Imported(checkpoint, cfg, net.encoding, net.name, [lay.name for lay in net.layers if lay.type in AROUND],

@@ -44,8 +44,9 @@ def report(done, args, seconds):
           f"x{1 / (1 - cfg.dropout):g} (Caffe's inverted dropout into the paper's x{1 - cfg.dropout:g} "
           f"at test, spec §1); mean image {shown(args.mean)} from BGR to RGB 256x256x3")
     if not done.names_given:
-        print(f"  no --names: the classes are numbered 0..{cfg.num_classes - 1}; pass --names synset_words.txt "
-              f"for ImageNet's wnids and names")
+        print(f"  no --names: the classes are numbered 0..{cfg.num_classes - 1}, recorded as placeholders (a store "
+              f"of {cfg.num_classes} classes is taken in its own order); pass --names synset_words.txt for "
+              f"ImageNet's wnids and names")
     elif not done.sorted_classes:
         print(f"warning: the classes of {shown(args.names)} are not in sorted order; a store made by "
               f"tools/prepare_data.py sorts its class folders, so its labels would not be fc8's")

@@ -80,14 +80,15 @@ def main(argv=None):
     p = ArgumentParser(description="Top-5 classes of images")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data-path", help="prepared store, for a bare state dict's classes and mean image")
+    p.add_argument("--data-path", help="prepared store: its classes and mean image (the checkpoint's "
+                                       "classes must be the store's, in any order)")
     p.add_argument("--crops", type=int, choices=(1, 10), default=10)
     add_device_flag(p)
     args = p.parse_args(argv)
     paths = expand(args.inputs)
     devices = [one_device(args.device, warn=lambda line: print(line, file=sys.stderr))] if args.device else None
     model, classes, names, mean = load_for_inference(args.checkpoint, args.data_path, devices=devices,
-                                                     need_mean=True)
+                                                     need_mean=True, log=print)
     configure(input_device(model))      # float32 as tools/evaluate.py runs it (a GPU would run TF32 convs)
     transform = EvalTransform(mean, args.crops, model.config.input_scale, crop=model.config.crop)
     failed = sum(report(model, paths[i:i + IMAGES_PER_FORWARD], transform, args.crops, classes, names)

@@ -4,6 +4,7 @@ The code behind tools/train.py, whose docstring has the exact command lines.
 """
 import os
 import sys
+from dataclasses import fields
 
 from alexnet_mp.cli import (ArgumentParser, add_device_flag, add_speed_flags, add_variant_flags, check_one_placement,
                             check_ranges, epoch_list, tool)
@@ -14,6 +15,17 @@ from alexnet_mp.errors import UsageError
 from alexnet_mp.train.loop import Options, train
 
 PAPER, PAPER_MODEL = TrainConfig(), ModelConfig()
+# The flags that set the network are those whose argparse dest is a ModelConfig field (or named in
+# DEST_FIELDS). They default to None, the paper's value filled in by config_from_args: a flag given,
+# even at the paper's value, is one the user asked for (TrainConfig.asked).
+DEST_FIELDS = {"pool": "pool_size"}
+MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
+
+
+def model_fields(args):
+    """{ModelConfig field: value} of the network flags given on the command line."""
+    named = {DEST_FIELDS.get(dest, dest): value for dest, value in vars(args).items()}
+    return {name: value for name, value in named.items() if name in MODEL_FIELDS and value is not None}
 
 
 def parser():
@@ -32,8 +44,8 @@ def parser():
     p.add_argument("--plateau-patience", type=int, default=PAPER.plateau_patience,
                    help="epochs without a new best val error before lr /= 10")
     p.add_argument("--lr-steps", type=epoch_list, default=[], help="fixed lr drops at these epochs, e.g. 30,60,80")
-    p.add_argument("--dropout", type=float, default=PAPER_MODEL.dropout)
-    p.add_argument("--init-std", type=float, default=PAPER_MODEL.init_std)
+    p.add_argument("--dropout", type=float, help=f"default: the paper's {PAPER_MODEL.dropout} (§4.2)")
+    p.add_argument("--init-std", type=float, help=f"default: the paper's {PAPER_MODEL.init_std} (§5)")
     p.add_argument("--pca-std", type=float, default=PAPER.pca_std)
     p.add_argument("-j", "--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="data loading processes per rank")
@@ -50,16 +62,18 @@ def parser():
                    help="deterministic algorithms only, cudnn autotuning off: GPU runs resume bit for bit")
     p.add_argument("--cache-dir", default=default_cache_dir(), help="where the demo set is generated")
     add_variant_flags(p)
+    network = [dest for dest in vars(p.parse_args([])) if DEST_FIELDS.get(dest, dest) in MODEL_FIELDS]
+    p.set_defaults(**dict.fromkeys(network))
     return p
 
 
 def check_args(args):
     """Every argument's range, before anything is read or built: one line naming the flag and the fix."""
     check_ranges(args)
-    if args.head == "gap" and args.dropout != PAPER_MODEL.dropout:
+    check_one_placement(args)
+    if args.head == "gap" and args.dropout is not None:
         raise UsageError(f"--dropout {args.dropout:g} with --head gap: dropout acts on fc6 and fc7 (§4.2), which "
                          f"the gap head does not have; drop --dropout")
-    check_one_placement(args)
     if args.devices is not None:
         names = [d.strip() for d in args.devices.split(",")]
         bad = [d for d in names if not DEVICE.match(d)]
@@ -75,14 +89,13 @@ def check_args(args):
 
 
 def config_from_args(args):
-    model = ModelConfig(dropout=args.dropout, init_std=args.init_std,
-                        # §3 ablations and failure modes (the "variants" flags)
-                        columns=args.columns, lrn=args.lrn, pool_size=args.pool, init=args.init,
-                        input_scale=args.input_scale, batch_norm=args.batch_norm, head=args.head)
+    # --dropout, --init-std and §3's ablations and failure modes (the "variants" flags)
+    given = model_fields(args)
+    model = ModelConfig(**given)
     return TrainConfig(batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.wd, decay_biases=args.decay_biases, epochs=args.epochs,
                        plateau_patience=args.plateau_patience, lr_steps=tuple(args.lr_steps),
-                       pca_std=args.pca_std, seed=args.seed, model=model)
+                       pca_std=args.pca_std, seed=args.seed, model=model, asked=tuple(sorted(given)))
 
 
 def options_from_args(args, data_path):

@@ -45,7 +45,7 @@ def evaluate(opts, run, state):
                             run.replicas, run.replica, input_scale=variant.input_scale,
                             pin_memory=pins_memory(run.device), crop=variant.crop)
     model, classes, _, _ = load_for_inference(opts.checkpoint, opts.data_path, run.placement, run.devices,
-                                              state=state, topology=run.topology)
+                                              state=state, topology=run.topology, log=run.log)
     result = gather(predict(model, loader, input_device(model), opts.crops, log=run.log,
                             counts_here=run.column == 0, amp=opts.amp))
     failure = take_lrn_failure()        # the fused LRN fell back: the evaluation says so in its output

@@ -76,7 +76,7 @@ def neighbours_file(checkpoint, data_path, query, out, k=6, batch_size=32, worke
     `device`: where the network runs (--device: `alexnet_mp.distributed.placement.one_device`);
     None: the first GPU, else the CPU."""
     model, _, _, mean = load_for_inference(checkpoint, data_path, devices=None if device is None else [device],
-                                           need_mean=True)
+                                           need_mean=True, match_classes=False)      # fc7 needs no classes
     configure(input_device(model))      # fc7 in float32, as tools/evaluate.py computes (a GPU would run TF32)
     store = Store(data_path, "train")
     if k > len(store):

@@ -10,11 +10,11 @@ states; the other replicas hold the same weights and send nothing.
 """
 import math
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 
-from alexnet_mp.config import IMPORTED_FIELDS, model_differences, to_dict
+from alexnet_mp.config import adopt_variant, to_dict
 from alexnet_mp.errors import TrainingError
 from alexnet_mp import checkpoint as ckpt_io
 from alexnet_mp.train.optim import load_velocity, velocity_state
@@ -45,17 +45,21 @@ def resume_path(opts):
     return opts.resume
 
 
-def _check_same_variant(saved, model_cfg, path):
-    """A resumed run keeps its network: LRN or pooling flags that changed would go unnoticed."""
-    changed = model_differences(ckpt_io.model_config(saved), model_cfg)
-    if changed:
-        raise TrainingError(f"{path} was trained as another variant ({'; '.join(changed)}): "
-                            f"resume with its flags, or train into a new --output-dir")
+def _take_variant(saved, cfg, path):
+    """A resumed run continues the network it saved (columns, LRN, pooling, crop, input scale), whatever
+    flags started it (a --weights fine-tune takes its checkpoint's variant without any); only a variant
+    flag given now that asks for another network is refused."""
+    cfg, clash = adopt_variant(cfg, ckpt_io.model_config(saved))
+    if clash:
+        changed = "; ".join(f"{name}: {theirs!r} -> {asked!r}" for name, theirs, asked in clash)
+        raise TrainingError(f"{path} was trained as another variant ({changed}): drop those flags to resume "
+                            f"it as it was trained, or train into a new --output-dir")
+    return cfg
 
 
 def load_resume(opts, cfg):
-    """(the --resume checkpoint or None, `cfg` with the checkpoint's imported fields): checked
-    before anything is built, so the placement can follow the checkpoint's network."""
+    """(the --resume checkpoint or None, `cfg` with the checkpoint's network): checked before
+    anything is built, so the placement can follow the checkpoint's network."""
     path = resume_path(opts)
     if not path:
         return None, cfg
@@ -63,9 +67,7 @@ def load_resume(opts, cfg):
     if ckpt_io.model_state(saved) is saved:
         raise TrainingError(f"--resume {path} is a bare state dict (weights only), which has no run to continue: "
                             f"start a fresh run from its weights with --weights {path}")
-    theirs = ckpt_io.model_config(saved)
-    cfg = replace(cfg, model=replace(cfg.model, **{f: getattr(theirs, f) for f in IMPORTED_FIELDS}))
-    _check_same_variant(saved, cfg.model, path)     # the network first: the likelier mistake
+    cfg = _take_variant(saved, cfg, path)       # the network first: the likelier mistake
     ckpt_io.check_resumable(saved, path)
     return saved, cfg
 

@@ -2,52 +2,69 @@
 project's checkpoints or an imported one.
 
 The variant is the checkpoint's (its columns, LRN, pooling, crop, input scale): the
-weights only mean something in the network they were trained in. Epoch 0, a new
+weights only mean something in the network they were trained in. A variant flag given
+on the command line that asks for another network, even the paper's own value
+(`--columns 2` with a one-column checkpoint), is a one-line error. Epoch 0, a new
 optimizer and schedule; the store's own mean image and PCA, since every layer then
-adapts to the new images. Where the classes differ from the store's (their count,
-or the list the checkpoint carries), fc8 is drawn anew as §5 draws it and every
-other layer keeps the checkpoint's weights.
-"""
-from dataclasses import fields, replace
+adapts to the new images.
 
-from alexnet_mp.config import ModelConfig
+fc8 is kept where its outputs are the store's classes: the same list, or the same
+classes in another order (its rows are then reordered by name), or a checkpoint
+without class names (a bare state dict, an import's placeholders) with the store's
+class count. Otherwise (another count, other classes) fc8 is drawn anew as the run's
+--init draws it (§5) and every other layer keeps the checkpoint's weights.
+"""
+from alexnet_mp.config import adopt_variant
 from alexnet_mp.errors import TrainingError
 from alexnet_mp import checkpoint as ckpt_io
 
-# Not part of the variant: the class count follows the store, the init is spent.
-NOT_VARIANT = ("num_classes", "init", "init_std")
-
 
 def weights_config(saved, path, cfg):
-    """`cfg` with the checkpoint's network; a variant field set away from the paper's
-    default that contradicts the checkpoint is a one-line error."""
-    theirs, paper = ckpt_io.model_config(saved), ModelConfig()
-    clash = [f"{f.name}: {getattr(theirs, f.name)!r} in the checkpoint, {getattr(cfg.model, f.name)!r} asked"
-             for f in fields(ModelConfig) if f.name not in NOT_VARIANT
-             and getattr(cfg.model, f.name) != getattr(paper, f.name)
-             and getattr(cfg.model, f.name) != getattr(theirs, f.name)]
+    """`cfg` with the checkpoint's network; a variant field the run asked for (on its command
+    line, or away from the paper's default) that contradicts the checkpoint is a one-line error."""
+    cfg, clash = adopt_variant(cfg, ckpt_io.model_config(saved))
     if clash:
-        raise TrainingError(f"--weights {path} holds another variant ({'; '.join(clash)}): drop the variant "
-                            f"flags, the run takes the checkpoint's network")
-    keep = {name: getattr(cfg.model, name) for name in NOT_VARIANT}
-    return replace(cfg, model=replace(theirs, **keep))
+        said = "; ".join(f"{name}: {theirs!r} in the checkpoint, {asked!r} asked" for name, theirs, asked in clash)
+        raise TrainingError(f"--weights {path} holds another variant ({said}): drop those flags, the run takes "
+                            f"the checkpoint's network")
+    return cfg
+
+
+def init_words(cfg):
+    """How the run draws a fresh fc8, in the words of its --init and --init-std."""
+    if cfg.init == "torch":
+        return "--init torch: PyTorch's default, weights and bias ~ U(-1/sqrt(4096), 1/sqrt(4096))"
+    return f"§5: N(0, {cfg.init_std:g}^2), bias 0"
+
+
+def _kept(match, path, n):
+    """The log line for an fc8 that is kept, by how its classes met the store's."""
+    return {"same": f"--weights {path}: the same {n} classes as the store's, so fc8 is kept",
+            "reordered": f"--weights {path} lists the store's {n} classes in another order: fc8 is kept, its "
+                         f"rows reordered by name to the store's order",
+            "placeholder": f"--weights {path} has no class names (placeholders, imported without --names) and "
+                           f"the store's count, {n}: fc8 is kept, its outputs taken as the store's classes in "
+                           f"the store's order",
+            "bare": f"--weights {path}: the same {n} classes, so fc8 is kept"}[match.kind]
 
 
 def start_from_weights(saved, path, parts, run):
-    """Load the checkpoint's weights into the new run's network; fc8 stays the fresh one
-    (§5's draw) where the class counts differ. Every rank calls this (a gather in the rank placement)."""
-    weights = ckpt_io.model_state(saved)
-    theirs, ours = ckpt_io.num_classes(weights, path), parts.classes["classes"]
-    listed = saved.get("classes", {}).get("classes") if isinstance(saved.get("classes"), dict) else None
-    if theirs != len(ours) or (listed is not None and listed != ours):
-        why = (f"has {theirs} classes and the store {len(ours)}" if theirs != len(ours)
-               else "lists other classes than the store's (or in another order)")
+    """Load the checkpoint's weights into the new run's network, fc8 kept or reordered where its
+    outputs are the store's classes, the fresh one (the run's init) otherwise. Every rank calls
+    this (a gather in the rank placement)."""
+    weights, ours = ckpt_io.model_state(saved), parts.classes["classes"]
+    match = ckpt_io.match_classes(saved, ours)
+    if match.kind in ("count", "other"):
+        theirs = ckpt_io.num_classes(weights, path)
+        why = (f"has {theirs} classes and the store {len(ours)}" if match.kind == "count"
+               else f"lists other classes than the store's ({match.first})")
         fresh = parts.net.canonical_state_dict()
         weights = {**weights, "fc8.weight": fresh["fc8.weight"], "fc8.bias": fresh["fc8.bias"]}
-        run.log(f"--weights {path} {why}: fc8 is drawn anew (§5: N(0, 0.01^2), bias 0); conv1..fc7 start "
-                f"from the checkpoint")
+        run.log(f"--weights {path} {why}: fc8 is drawn anew ({init_words(parts.net.config)}); conv1..fc7 "
+                f"start from the checkpoint")
     else:
-        run.log(f"--weights {path}: the same {theirs} classes" + (" as the store's" if listed else "")
-                + ", so fc8 is kept")
+        if match.kind == "reordered":
+            weights = ckpt_io.reorder_fc8(weights, match.order)
+        run.log(_kept(match, path, len(ours)))
     parts.net.load_canonical_state_dict(weights)
     run.log(f"starting from the weights in {path} (epoch 0, fresh optimizer)")
