@@ -5,6 +5,7 @@ and the study's variants."""
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -19,6 +20,7 @@ from alexnet_mp.data.storecheck import read_stats
 from alexnet_mp.distributed.parallel import Topology
 from alexnet_mp.distributed.placement import two_device_alexnet
 from alexnet_mp.eval.archfig import layout
+from alexnet_mp.eval.figures import CAPTION, feature_space, neighbours_grid
 from alexnet_mp.eval.inference import load_for_inference
 from alexnet_mp.study import estimate
 from alexnet_mp.study.variants import choose_variants
@@ -245,3 +247,26 @@ def test_the_study_names_the_later_variants_and_all_keeps_its_meaning(tiny_store
     assert math.isfinite(float(out.split("estimated ")[1].split()[0]))
     networks = [(c.batch_norm, c.lrn, c.head) for c in timed[1:]]        # after the unseen warm-up
     assert networks == [(False, True, "fc"), (True, False, "fc"), (False, True, "gap")]
+
+
+def test_a_bare_state_dict_says_its_switches_by_its_tensors_and_another_net_refuses_it(tmp_path):
+    """A bare state dict carries no config: BatchNorm's tensors and fc8's width tell the variant,
+    so the tools rebuild it; a network of the other variant refuses it in one line naming it."""
+    state = AlexNet(7, seed=0, config=GAP).canonical_state_dict()
+    path = str(tmp_path / "bare.pt")
+    torch.save(state, path)
+    got = model_config(torch.load(path, weights_only=True))
+    assert (got.batch_norm, got.head, got.num_classes) == (True, "gap", 7)
+    x, _ = batch(2)
+    assert_close_rel(load_for_inference(path)[0](x), recompute(state, x, bn=True, head="gap"), 1e-4, "bare")
+    with pytest.raises(ValueError, match=r"another variant of the network \(head='gap', batch_norm=True\)"):
+        AlexNet(7, seed=0, config=ModelConfig(num_classes=7, lrn=False)).load_canonical_state_dict(state)
+
+
+def test_the_neighbours_caption_names_the_feature_space():
+    assert "fc7" in feature_space(ModelConfig()) and "conv5" in feature_space(GAP)
+    image = np.zeros((8, 8, 3), np.uint8)
+    plain = neighbours_grid([image], [[image]], size=16)
+    captioned = neighbours_grid([image], [[image]], size=16, caption=feature_space(GAP))
+    assert captioned.size == (plain.size[0], plain.size[1] + CAPTION)
+    assert np.asarray(captioned)[plain.size[1]:].min() < 255        # the caption's text is drawn
