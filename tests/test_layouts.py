@@ -419,3 +419,20 @@ def test_an_empty_val_folder_says_so_and_names_the_way_out(tmp_path, capsys):
     code = prepare_data.main([str(tmp_path / "src"), str(tmp_path / "store")])
     assert_one_line_result(code, capsys, "val holds no images: put the val images in it (in class folders), or "
                                          "remove it and pass --val-split 0.1")
+
+
+def test_statistics_are_the_same_figures_at_any_worker_count(tmp_path, monkeypatch):
+    """The spans are summed in a fixed order, so -j changes the speed and never the mean or PCA."""
+    from alexnet_mp.data import prepare as prepare_module
+    monkeypatch.setattr(prepare_module, "STATS_SPAN", 2)       # 8 spans: the pool is used
+    src = tmp_path / "src"
+    for i in range(16):
+        _image(str(src / "train" / f"c{i % 2}" / f"{i}.png"), seed=i)
+    for i in range(2):
+        _image(str(src / "val" / f"c{i}" / f"{i}.png"), seed=100 + i)
+    _prepare(src, tmp_path / "store")
+    one = prepare_module.compute_stats(str(tmp_path / "store"), workers=1)
+    two = prepare_module.compute_stats(str(tmp_path / "store"), workers=2)
+    assert all(np.array_equal(one[k], two[k]) for k in one)
+    pixels = np.stack([Store(str(tmp_path / "store"), "train")[i][0] for i in range(16)]).astype(np.float64)
+    np.testing.assert_allclose(one["mean"], pixels.mean(axis=0), rtol=1e-12)

@@ -70,14 +70,15 @@ def _leave_ctrl_c_to_the_parent():
 
 
 @contextlib.contextmanager
-def _workers(count):
+def _workers(count, ordered=False):
     """A map over the tasks: a pool of `count` processes, or this process for one (a spawned
-    worker would first spend seconds importing torch, for nothing)."""
-    if count == 1:
+    worker would first spend seconds importing torch, for nothing). `ordered`: results in
+    the tasks' order."""
+    if count <= 1:
         yield map
         return
     with multiprocessing.get_context("spawn").Pool(count, initializer=_leave_ctrl_c_to_the_parent) as pool:
-        yield pool.imap_unordered
+        yield pool.imap if ordered else pool.imap_unordered
 
 
 def write_json_if_changed(path, data):
@@ -181,29 +182,48 @@ def _write_report(folder, files, failures, fresh):
     atomic_write(path, lambda f: f.writelines(f"{k}\t{v}\n" for k, v in sorted(old.items())), "w")
 
 
-def compute_stats(root, split="train", chunk=32):
-    """Mean image (float64) and the RGB covariance's eigen-decomposition in 0..1 units,
-    streamed over the converted images with memory bounded by `chunk`."""
+STATS_SPAN = 512           # images a worker sums at a time: fixed, so the sums do not depend on -j
+
+
+def _partial_stats(task):
+    """(sum of images, sum of RGB, sum of RGB outer products) over images [start, stop) of a split."""
+    root, split, start, stop, chunk = task
     store = Store(root, split)
-    if not len(store):
-        raise StoreError(f"{os.path.join(root, split)} has no converted images: statistics need at least "
-                         f"one training image")
     total = np.zeros((SIZE, SIZE, 3), np.float64)
     s1, s2 = np.zeros(3), np.zeros((3, 3))
-    for i in range(0, len(store), chunk):
-        block = np.stack([store[j][0] for j in range(i, min(i + chunk, len(store)))]).astype(np.float64)
+    for i in range(start, stop, chunk):
+        block = np.stack([store[j][0] for j in range(i, min(i + chunk, stop))]).astype(np.float64)
         total += block.sum(axis=0)
         rgb = block.reshape(-1, 3) / 255.0
         s1 += rgb.sum(axis=0)
         s2 += rgb.T @ rgb
-    slots = store.slots
-    n_pixels = len(slots) * SIZE * SIZE
+    return total, s1, s2
+
+
+def compute_stats(root, split="train", chunk=32, workers=1):
+    """Mean image (float64) and the RGB covariance's eigen-decomposition in 0..1 units,
+    streamed over the converted images with memory bounded by `chunk` per worker. Spans of
+    STATS_SPAN images are summed in parallel and added in order: the same figures at any -j."""
+    count = len(Store(root, split))
+    if not count:
+        raise StoreError(f"{os.path.join(root, split)} has no converted images: statistics need at least "
+                         f"one training image")
+    spans = [(root, split, i, min(i + STATS_SPAN, count), chunk) for i in range(0, count, STATS_SPAN)]
+    total = np.zeros((SIZE, SIZE, 3), np.float64)
+    s1, s2 = np.zeros(3), np.zeros((3, 3))
+    # A pool costs seconds to start (each worker imports torch): below 8 spans, one process is faster.
+    with _workers(min(workers, len(spans)) if len(spans) >= 8 else 1, ordered=True) as each:
+        for t, a, b in each(_partial_stats, spans):
+            total += t
+            s1 += a
+            s2 += b
+    n_pixels = count * SIZE * SIZE
     mu = s1 / n_pixels
     cov = s2 / n_pixels - np.outer(mu, mu)
     eigval, eigvec = np.linalg.eigh(cov)
     order = np.argsort(eigval)[::-1]      # p1 has the largest eigenvalue
-    return {"mean": total / len(slots), "eigval": eigval[order], "eigvec": eigvec[:, order],
-            "cov": cov, "count": np.int64(len(slots))}
+    return {"mean": total / count, "eigval": eigval[order], "eigvec": eigvec[:, order],
+            "cov": cov, "count": np.int64(count)}
 
 
 def _stats_readable(out):
@@ -286,7 +306,7 @@ def prepare(src, out, workers=1, labels_csv=None, names_file=None, fmt="raw", lo
             counts[split] = (int((status == DONE).sum()), int((status == FAILED).sum()))
             if split == "train" and (worked or not _stats_readable(out)):
                 log("computing the mean image and RGB PCA over the training images ...")
-                stats = compute_stats(out)
+                stats = compute_stats(out, workers=workers)
                 atomic_write(os.path.join(folder, "stats.npz"), lambda f: np.savez(f, **stats))
     finally:
         lock.release()
