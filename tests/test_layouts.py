@@ -63,8 +63,11 @@ def test_train_valid_and_a_labelled_test_folder_become_three_splits(tmp_path):
     code = evaluate_cli.main(["--checkpoint", str(tmp_path / "bare.pt"), "--data-path", str(tmp_path / "store"),
                               "--split", "test", "-j", "0", "--crops", "1", "--predictions", str(tmp_path / "p.csv")])
     assert code == 0
-    rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
+    header, *rows = (tmp_path / "p.csv").read_text().splitlines()
     assert sorted(r.split(",")[:2] for r in rows) == sorted([f, c] for f, c in truth["test"].items())
+    # 3 classes: a top-3 and its probabilities, the header as wide as the rows
+    assert header.split(",") == ["path", "true", "top1", "top2", "top3", "prob1", "prob2", "prob3"]
+    assert all(len(r.split(",")) == 8 for r in rows)
     said = "\n".join(lines)
     assert "read as an ImageNet-style tree (train/, valid/, test/)" in said
     assert "val: valid/<class>/ folders" in said and "not used: sample_submission.csv" in said

@@ -42,7 +42,8 @@ def write_predictions(path, done):
 
     def write(f):
         w = csv.writer(f)
-        w.writerow(["path", "true"] + [f"top{k}" for k in range(1, 6)] + [f"prob{k}" for k in range(1, 6)])
+        k = len(result["top5"][0]) if len(result["top5"]) else min(5, len(classes))   # fewer than 5 classes: k
+        w.writerow(["path", "true"] + [f"top{j}" for j in range(1, k + 1)] + [f"prob{j}" for j in range(1, k + 1)])
         for i, label, top, prob in zip(result["index"], result["label"], result["top5"], result["prob5"]):
             w.writerow([done.files[i], classes[label]] + [classes[t] for t in top] + [f"{p:.6f}" for p in prob])
     atomic_write(path, write, "w")
