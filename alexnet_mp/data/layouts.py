@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from alexnet_mp.data import cifar
 from alexnet_mp.data.images import IMAGE_EXTENSIONS
-from alexnet_mp.data.sources import (HOLDOUT_RULE, hold_out, is_image, loose, read_names, scan_flat,
-                                     scan_folders, subfolders, text_lines, unlabelled)
+from alexnet_mp.data.sources import (HOLDOUT_RULE, hold_out, is_image, label_files, loose, read_names,
+                                     scan_flat, scan_folders, subfolders, text_lines, unlabelled)
 from alexnet_mp.errors import StoreError
 
 VAL_FOLDERS = ("val", "valid", "validation")
@@ -202,27 +202,23 @@ def _tiny_imagenet(src, opts):
 
 def _tiny_val(vroot, annotations, classes):
     """val/images/ labelled by val_annotations.txt (`file<TAB>wnid<TAB>x0 y0 x1 y1`)."""
-    index = {c: i for i, c in enumerate(classes)}
-    files, labels, seen = [], [], {}
-    for n, line in text_lines(annotations, "val_annotations.txt"):
-        parts = line.split("\t") if "\t" in line else line.split()
-        if not line.strip():
-            continue
-        where = f"{annotations} line {n}"
-        if len(parts) < 2:
-            raise StoreError(f"{where} ({line.strip()!r}) is not a 'file<TAB>wnid<TAB>box' row: fix or remove it")
-        name, wnid = os.path.join("images", parts[0].strip()), parts[1].strip()
-        if wnid not in index:
-            raise StoreError(f"{where}: {wnid} is not a class of wnids.txt: fix the row, or restore the "
-                             f"folder as it was downloaded")
-        if not os.path.isfile(os.path.join(vroot, name)):
-            raise StoreError(f"{where}: {os.path.join(vroot, name)} does not exist: restore the file or "
-                             f"remove the row")
-        if name in seen:
-            raise StoreError(f"{where}: {parts[0]} is listed again (first on line {seen[name]}): remove one row")
-        seen[name] = n
-        files.append(name)
-        labels.append(index[wnid])
+    def rows():
+        for n, line in text_lines(annotations, "val_annotations.txt"):
+            parts = line.split("\t") if "\t" in line else line.split()
+            if not line.strip():
+                continue
+            where = f"{annotations} line {n}"
+            if len(parts) < 2:
+                raise StoreError(f"{where} ({line.strip()!r}) is not a 'file<TAB>wnid<TAB>box' row: fix or "
+                                 f"remove it")
+            name = os.path.join("images", parts[0].strip())
+            found = name if os.path.isfile(os.path.join(vroot, name)) else None
+            yield n, where, parts[0].strip(), parts[1].strip(), found, os.path.join(vroot, name)
+
+    files, labels = label_files(rows(), classes,
+                                lambda wnid, _: f"{wnid} is not a class of wnids.txt: fix the row, or restore the "
+                                                f"folder as it was downloaded",
+                                "restore the file or remove the row")
     if not files:
         raise StoreError(f"{annotations} labels no images: restore the TinyImageNet folder as downloaded")
     return files, labels

@@ -110,28 +110,41 @@ def _label_rows(labels_csv):
             yield n, row[0].strip(), row[1].split()[0] if loc else row[1].strip(), line, loc
 
 
-def scan_flat(root, labels_csv, classes):
-    """Files of a flat folder labelled by a CSV of `filename,class` (or Kaggle's
-    `ImageId,PredictionString`); a bad row is an error naming it."""
+def label_files(rows, classes, not_a_class, fix_missing):
+    """(files, labels) from label rows (line number, where, name as written, class, the file found
+    or None, its path): an unknown class, a missing file or a file listed twice is an error
+    naming the row; `not_a_class(cls, name)` and `fix_missing` word the first two for the file."""
     index = {c: i for i, c in enumerate(classes)}
     files, labels, seen = [], [], {}
-    for n, name, cls, line, loc in _label_rows(labels_csv):
-        where = f"--labels {labels_csv} line {n}"
-        if name is None:
-            form = "'ImageId,PredictionString'" if loc else "'filename,class'"
-            raise StoreError(f"{where} ({line.strip()!r}) is not a {form} row: fix or remove it")
+    for n, where, name, cls, found, path in rows:
         if cls not in index:
-            raise StoreError(f"{where}: class '{cls}' of {name} is not a class folder of train/: "
-                             f"fix the row, or check the CSV belongs to this tree")
-        found = _image_named(root, name) if loc else (name if os.path.isfile(os.path.join(root, name)) else None)
+            raise StoreError(f"{where}: {not_a_class(cls, name)}")
         if found is None:
-            raise StoreError(f"{where}: {os.path.join(root, name)}{'.JPEG' if loc else ''} does not exist: "
-                             f"fix the file name or remove the row")
+            raise StoreError(f"{where}: {path} does not exist: {fix_missing}")
         if found in seen:
             raise StoreError(f"{where}: {name} is listed again (first on line {seen[found]}): remove one row")
         seen[found] = n
         files.append(found)
         labels.append(index[cls])
+    return files, labels
+
+
+def scan_flat(root, labels_csv, classes):
+    """Files of a flat folder labelled by a CSV of `filename,class` (or Kaggle's
+    `ImageId,PredictionString`); a bad row is an error naming it."""
+    def rows():
+        for n, name, cls, line, loc in _label_rows(labels_csv):
+            where = f"--labels {labels_csv} line {n}"
+            if name is None:
+                form = "'ImageId,PredictionString'" if loc else "'filename,class'"
+                raise StoreError(f"{where} ({line.strip()!r}) is not a {form} row: fix or remove it")
+            found = _image_named(root, name) if loc else (name if os.path.isfile(os.path.join(root, name)) else None)
+            yield n, where, name, cls, found, os.path.join(root, name) + (".JPEG" if loc else "")
+
+    files, labels = label_files(rows(), classes,
+                                lambda cls, name: f"class '{cls}' of {name} is not a class folder of train/: fix "
+                                                  f"the row, or check the CSV belongs to this tree",
+                                "fix the file name or remove the row")
     if not files:
         raise StoreError(f"--labels {labels_csv} has no 'filename,class' rows: it must label the images "
                          f"in {root}")
