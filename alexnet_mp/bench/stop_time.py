@@ -91,13 +91,17 @@ def measure(classes=1000, batch=128, signals=3, seed=0, log=print):
     """[{delay_s, signal_to_checkpoint_s, step}] for `signals` stops at random points of the run."""
     rng = random.Random(seed)
     rows = []
+    per_class = max(1, 2 * batch // classes + 1)
+    steps_per_epoch = classes * per_class // batch
     with tempfile.TemporaryDirectory() as d:
-        store = class_store(d, classes, per_class=max(1, 2 * batch // classes + 1))
+        store = class_store(d, classes, per_class)
         for i in range(signals):
             delay = rng.uniform(5.0, 60.0)
             marker, text = one_stop(store, os.path.join(d, f"run{i}"), delay, batch, {"OMP_NUM_THREADS": "1"})
+            # a stop at an epoch's end came after its validation pass (the signal arrived during it)
+            where = "after validation" if marker["step"] == marker["epoch"] * steps_per_epoch else "in the steps"
             rows.append({"delay_s": round(delay, 1), "signal_to_checkpoint_s": marker["signal_to_checkpoint_s"],
-                         "stopped_at_step": marker["step"]})
+                         "stopped_at_step": marker["step"], "where": where})
             log(f"signal {delay:5.1f} s after the start of training: checkpoint renamed "
-                f"{marker['signal_to_checkpoint_s']:.1f} s later, at step {marker['step']}")
+                f"{marker['signal_to_checkpoint_s']:.1f} s later, at step {marker['step']} ({where})")
     return rows
