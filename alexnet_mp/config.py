@@ -133,8 +133,9 @@ NOT_VARIANT = ("num_classes", "init", "init_std")
 VARIANT_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name not in NOT_VARIANT)
 
 
-def adopt_variant(cfg, theirs):
-    """(`cfg` with the network of `theirs`, a checkpoint's ModelConfig; the clashes).
+def adopt_variant(cfg, theirs, refuse):
+    """`cfg` with the network of `theirs`, a checkpoint's ModelConfig; `refuse(clashes)` is the
+    error raised where an asked field contradicts the checkpoint.
 
     A variant field is asked for when the command line set it (`cfg.asked`, even to the paper's
     value) or when it is away from the paper's default (a caller that built the config itself).
@@ -144,5 +145,7 @@ def adopt_variant(cfg, theirs):
     asked = set(cfg.asked) | {f for f in VARIANT_FIELDS if getattr(cfg.model, f) != getattr(paper, f)}
     clash = [(f, getattr(theirs, f), getattr(cfg.model, f)) for f in VARIANT_FIELDS
              if f in asked and getattr(cfg.model, f) != getattr(theirs, f)]
+    if clash:
+        raise refuse(clash)
     keep = {f: getattr(cfg.model, f) for f in NOT_VARIANT}
-    return replace(cfg, model=replace(theirs, **keep)), clash
+    return replace(cfg, model=replace(theirs, **keep))

@@ -49,12 +49,11 @@ def _take_variant(saved, cfg, path):
     """A resumed run continues the network it saved (columns, LRN, pooling, crop, input scale), whatever
     flags started it (a --weights fine-tune takes its checkpoint's variant without any); only a variant
     flag given now that asks for another network is refused."""
-    cfg, clash = adopt_variant(cfg, ckpt_io.model_config(saved))
-    if clash:
+    def refuse(clash):
         changed = "; ".join(f"{name}: {theirs!r} -> {asked!r}" for name, theirs, asked in clash)
-        raise TrainingError(f"{path} was trained as another variant ({changed}): drop those flags to resume "
-                            f"it as it was trained, or train into a new --output-dir")
-    return cfg
+        return TrainingError(f"{path} was trained as another variant ({changed}): drop those flags to resume "
+                             f"it as it was trained, or train into a new --output-dir")
+    return adopt_variant(cfg, ckpt_io.model_config(saved), refuse)
 
 
 def load_resume(opts, cfg):

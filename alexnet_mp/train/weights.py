@@ -22,12 +22,11 @@ from alexnet_mp import checkpoint as ckpt_io
 def weights_config(saved, path, cfg):
     """`cfg` with the checkpoint's network; a variant field the run asked for (on its command
     line, or away from the paper's default) that contradicts the checkpoint is a one-line error."""
-    cfg, clash = adopt_variant(cfg, ckpt_io.model_config(saved))
-    if clash:
+    def refuse(clash):
         said = "; ".join(f"{name}: {theirs!r} in the checkpoint, {asked!r} asked" for name, theirs, asked in clash)
-        raise TrainingError(f"--weights {path} holds another variant ({said}): drop those flags, the run takes "
-                            f"the checkpoint's network")
-    return cfg
+        return TrainingError(f"--weights {path} holds another variant ({said}): drop those flags, the run takes "
+                             f"the checkpoint's network")
+    return adopt_variant(cfg, ckpt_io.model_config(saved), refuse)
 
 
 def init_words(cfg):
