@@ -42,7 +42,8 @@ from alexnet_mp.config import ModelConfig, check_placement
 from alexnet_mp.model.arch import (HEAD, RGB, averages, check_canonical, class_split, conv1_pad, fan_in, has_norm,
                                    hidden_layers, init_canonical_state, layer_rows, layers_of, norm_name,
                                    resolve_config, width)
-from alexnet_mp.model.layers import ColumnBatchNorm, ColumnLRN, ColumnStreams, PaperDropout
+from alexnet_mp.model.batchnorm import ColumnBatchNorm
+from alexnet_mp.model.layers import ColumnLRN, ColumnStreams, PaperDropout
 
 
 def check_input(x, crop):
