@@ -192,3 +192,15 @@ def test_under_torchrun_runs_go_one_after_another_and_the_one_column_net_waits_f
     runs = json.load(open(out / "study.json"))["runs"]
     assert [(r["variant"], r["status"]) for r in runs] == [("baseline", "ok"), ("columns1", "ok")]
     assert runs[0] == first["runs"][0]
+
+
+def test_an_epochs_override_keeps_only_the_preset_drops_that_happen():
+    """The table's header says the schedule the runs had: a 1-epoch study has no drop after epoch 2."""
+    from alexnet_mp.study.variants import DEMO_PRESET
+    budget_from_args, parse_args = study_cli.budget_from_args, study_cli.parse_args
+    preset_steps = dict((name, value) for name, value, _, _ in DEMO_PRESET)["lr_steps"]
+    for epochs in (1, max(preset_steps), max(preset_steps) + 1):
+        budget, _ = budget_from_args(parse_args(["--epochs", str(epochs)]))
+        assert budget.lr_steps == tuple(s for s in preset_steps if s < epochs)
+    budget, _ = budget_from_args(parse_args(["--epochs", "1", "--lr-steps", "1"]))
+    assert budget.lr_steps == (1,)          # given: kept, as every flag is

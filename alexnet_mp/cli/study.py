@@ -61,7 +61,11 @@ def budget_from_args(args):
     seeds = args.seeds if args.seeds is not None else DEMO_SEEDS[0] if args.data_path is None else 1
     if seeds < 1:
         raise StudyError(f"--seeds {seeds}: give at least 1 run per variant")
-    return Budget(**{**preset, **given}), seeds
+    budget = {**preset, **given}
+    if "lr_steps" not in given and "epochs" in given:
+        # The preset's drop after a run that --epochs now ends before would be said and never happen.
+        budget["lr_steps"] = tuple(s for s in budget.get("lr_steps", ()) if s < budget["epochs"])
+    return Budget(**budget), seeds
 
 
 def print_plan(say, plan, distributed):
